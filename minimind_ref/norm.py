@@ -9,8 +9,8 @@ from torch import nn
 class RMSNorm(nn.Module):
     """y = weight * x / sqrt(mean(x**2) + eps), over the last dimension.
 
-    The statistics are computed in float32 whatever the input dtype (squares of bf16/fp16
-    values lose precision or overflow), and the normalised tensor is cast back to the input
+    The statistics are computed in at least float32 (squares of bf16/fp16 values lose precision
+    or overflow; float64 stays float64), and the normalised tensor is cast back to the input
     dtype before the gain is applied, so a bf16 activation gives a bf16 result when the
     module itself is bf16.
     """
@@ -27,4 +27,5 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.weight.shape[0]:
             raise ValueError(f"RMSNorm expects last dimension {self.weight.shape[0]}, got input of shape {tuple(x.shape)}")
-        return self.weight * self._norm(x.float()).type_as(x)
+        compute_dtype = torch.promote_types(x.dtype, torch.float32)  # x.float() for fp16/bf16
+        return self.weight * self._norm(x.to(compute_dtype)).type_as(x)
