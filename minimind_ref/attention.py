@@ -162,6 +162,7 @@ class Attention(nn.Module):
             attn_mask = torch.ones(seq_len, total_len, dtype=torch.bool, device=q.device).tril()
         if attn_mask is not None:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
-        weights = F.softmax(scores.float(), dim=-1).type_as(q)  # float32 softmax: bf16 sums lose mass
+        # softmax in (at least) float32: a bf16/fp16 sum over thousands of keys loses mass
+        weights = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).type_as(q)
         weights = self.attn_dropout(weights)
         return weights @ v  # (B, H, T, hd)
