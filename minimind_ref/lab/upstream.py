@@ -80,7 +80,7 @@ class UpstreamConfig:
             self.rope_scaling = dict(UPSTREAM_YARN)
 
     @classmethod
-    def from_config(cls, config: Any = None) -> "UpstreamConfig":
+    def from_config(cls, config: Any = None) -> UpstreamConfig:
         """Adapt a ``minimind_ref.MiniMindConfig`` (or a dict, or anything with those attribute names)."""
         if config is None:
             return cls()
@@ -390,7 +390,7 @@ class MiniMindModel(nn.Module):
         position_embeddings = (self.freqs_cos[start_pos:start_pos + seq_length],
                                self.freqs_sin[start_pos:start_pos + seq_length])
         presents = []
-        for layer, past_key_value in zip(self.layers, past_key_values):
+        for layer, past_key_value in zip(self.layers, past_key_values, strict=True):
             hidden_states, present = layer(hidden_states, position_embeddings, past_key_value=past_key_value,
                                            use_cache=use_cache, attention_mask=attention_mask)
             presents.append(present)
