@@ -59,7 +59,7 @@ class MoEGate(nn.Module):
         """hidden_states (B, L, d) -> topk_idx (B*L, K), topk_weight (B*L, K), aux_loss (scalar)."""
         bsz, seq_len, hidden = hidden_states.shape
         logits = F.linear(hidden_states.reshape(-1, hidden), self.weight)  # (B*L, N)
-        scores = logits.float().softmax(dim=-1)  # routing decisions in float32
+        scores = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))  # route in >= fp32
         topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
         if self.top_k > 1 and self.norm_topk_prob:
             topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
