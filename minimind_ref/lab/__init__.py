@@ -2,6 +2,18 @@
 
 Heavy dependencies (sympy, matplotlib, ipywidgets) are imported lazily inside the submodules, so
 ``import minimind_ref.lab`` stays cheap and the core package never depends on them.
+
+Submodules (import them explicitly, e.g. ``from minimind_ref.lab import symbolic``):
+
+- ``symbolic``: sympy printing set-up; ``check_expr`` / ``check_gradient`` / ``check_jacobian``
+  compare a sympy result with PyTorch autograd in float64 and raise ``SymbolicMismatch`` if they differ.
+- ``plots``: ``use_book_style()`` (white-card figures legible in light and dark mode), ``label``,
+  ``subplots``, ``COLORS``.
+- ``widgets``: ``explore(plot, sliders, static, title=...)``: static small multiples for the HTML
+  plus an ipywidgets explorer when a kernel runs.
+- ``timing``: ``compare({...})`` over ``torch.utils.benchmark`` (medians, ratios, the device) and
+  ``bandwidth()``.
+- ``normalization``: chapter 1's normalisers, dtype experiments and widget plots.
 """
 
 from __future__ import annotations

@@ -1,0 +1,211 @@
+"""minimind_ref.lab: the helpers the chapters rely on do what they promise (and fail when they should)."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import sympy as sp
+import torch
+import torch.nn.functional as F
+
+import minimind_ref.lab as lab
+from minimind_ref.lab import normalization as nl
+from minimind_ref.lab import symbolic
+from minimind_ref.lab.symbolic import SymbolicMismatch, check_expr, check_gradient, check_jacobian, vector
+
+# ----------------------------------------------------------------------------- package hygiene
+
+
+def test_import_lab_is_lazy():
+    """Importing minimind_ref.lab (and the core) must not pull in sympy, matplotlib or ipywidgets."""
+    code = ("import sys, minimind_ref, minimind_ref.lab; "
+            "bad = [m for m in ('sympy', 'matplotlib', 'ipywidgets') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_show_versions_reports_device(capsys):
+    info = lab.show_versions()
+    assert info["torch"] == torch.__version__
+    assert info["device"].split()[0] in {"cuda", "mps", "cpu"}
+    assert "torch" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- symbolic
+
+
+def _rmsnorm_sym(D=3):
+    x, g = vector("x", D), vector("g", D)
+    eps = sp.Symbol("epsilon", positive=True)
+    r = sp.sqrt(sum(xi**2 for xi in x) / D + eps)
+    return x, g, eps, r
+
+
+def test_check_expr_accepts_a_right_formula_and_rejects_a_wrong_one():
+    x, _, eps, r = _rmsnorm_sym()
+    y = x / r
+
+    def torch_fn(xv, e):
+        return xv / torch.sqrt(xv.pow(2).mean() + e)
+
+    err = check_expr(y, [x, eps], torch_fn)
+    assert err < 1e-12
+    with pytest.raises(SymbolicMismatch) as info:
+        check_expr(x / sp.sqrt(sum(xi**2 for xi in x) + eps), [x, eps], torch_fn)  # forgot the 1/D
+    assert info.value.max_error > 1e-3
+    assert "max |difference|" in str(info.value)
+
+
+def test_positive_symbols_are_sampled_positive():
+    eps = sp.Symbol("e", positive=True)
+    z = sp.Symbol("z")
+    for seed in range(20):
+        e, _ = symbolic.sample_inputs([eps, z], torch.Generator().manual_seed(seed))
+        assert 0.5 <= float(e) <= 2.0
+
+
+def test_check_gradient_against_autograd_with_gain():
+    x, g, eps, r = _rmsnorm_sym()
+    u = vector("u", 3)  # upstream gradient dL/dy
+    L = sum(u[i] * g[i] * x[i] / r for i in range(3))
+    grad = [sp.diff(L, xi) for xi in x]
+
+    def loss(xv, gv, uv, e):
+        return (uv * gv * xv / torch.sqrt(xv.pow(2).mean() + e)).sum()
+
+    assert check_gradient(grad, [x, g, u, eps], loss, wrt=0) < 1e-10
+    # the textbook formula with the gain factored out of both terms is caught
+    D = 3
+    wrong = [g[i] / r * (u[i] - x[i] / (D * r**2) * sum(g[j] * u[j] * x[j] for j in range(D))) for i in range(D)]
+    with pytest.raises(SymbolicMismatch):
+        check_gradient(wrong, [x, g, u, eps], loss, wrt=0)
+
+
+def test_check_jacobian_and_explicit_inputs():
+    x = vector("x", 3)
+    J = sp.Matrix([x[0] ** 2, x[0] * x[1], sp.sin(x[2])]).jacobian(x)
+
+    def f(v):
+        return torch.stack([v[0] ** 2, v[0] * v[1], torch.sin(v[2])])
+
+    assert check_jacobian(J, [x], f) < 1e-12
+    assert check_jacobian(J, [x], f, inputs=[torch.tensor([1.0, 2.0, 3.0])]) < 1e-12
+    with pytest.raises(SymbolicMismatch):
+        check_jacobian(J.T, [x], f)  # transposed: rows must be outputs
+
+
+def test_lambdify_torch_checks_shapes():
+    x = vector("x", 2)
+    f = symbolic.lambdify_torch(x.T * x, [x])
+    assert float(f(torch.tensor([1.0, 2.0])).reshape(())) == 5.0
+    with pytest.raises(ValueError):
+        f(torch.tensor([1.0, 2.0, 3.0]))
+
+
+# ----------------------------------------------------------------------------- normalisers
+
+
+def test_normalisers_match_torch_and_minimind():
+    from minimind_ref.norm import RMSNorm
+
+    x = torch.randn(3, 5, 64, dtype=torch.float64)
+    torch.testing.assert_close(nl.layer_norm(x), F.layer_norm(x, (64,), eps=1e-5))
+    torch.testing.assert_close(nl.rms_norm(x), RMSNorm(64).double()(x))
+    torch.testing.assert_close(nl.naive_rms_norm(x), nl.rms_norm(x))
+    torch.testing.assert_close(nl.prms_norm(x, p=1.0), nl.rms_norm(x))
+    with pytest.raises(ValueError):
+        nl.prms_norm(x, p=0.0)
+
+
+def test_vector_with_stats_is_exact():
+    v = nl.vector_with_stats(1.5, 2.0, n=32, seed=3)
+    assert math.isclose(float(v.mean()), 1.5, abs_tol=1e-12)
+    assert math.isclose(float(v.std(unbiased=False)), 2.0, rel_tol=1e-12)
+
+
+def test_float16_overflow_is_seen_and_float32_statistics_fix_it():
+    scales = [1.0, 100.0, 1000.0]
+    naive = nl.norm_error_vs_scale(scales, torch.float16, upcast=False, dim=256)
+    upcast = nl.norm_error_vs_scale(scales, torch.float16, upcast=True, dim=256)
+    assert naive[0] < 1e-2 and naive[1] < 1e-2  # fine below |x| = 256
+    assert naive[2] > 0.5  # x^2 overflows to inf, output collapses
+    assert (upcast < 1e-2).all()
+    bf = nl.norm_error_vs_scale(scales, torch.bfloat16, upcast=True, dim=256)
+    f32 = nl.norm_error_vs_scale(scales, torch.float32, upcast=True, dim=256)
+    assert (bf > 10 * f32).all()  # bf16's 8-bit mantissa: far coarser than float32
+
+
+# ----------------------------------------------------------------------------- plots and widgets
+
+
+@pytest.fixture
+def agg():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    yield plt
+    plt.close("all")
+
+
+def test_book_style_gives_opaque_white_figures(agg):
+    import matplotlib as mpl
+
+    from minimind_ref.lab import plots
+
+    plots.use_book_style()
+    assert mpl.colors.to_rgba(mpl.rcParams["figure.facecolor"]) == (1.0, 1.0, 1.0, 1.0)
+    assert mpl.rcParams["savefig.transparent"] is False
+    fig, ax = plots.subplots()
+    plots.label(ax, "t", "x (s)", "y (m)")
+    assert ax.get_xlabel() == "x (s)"
+    with pytest.raises(ValueError):
+        plots.label(ax, "t", "", "y")
+
+
+def test_explore_draws_static_small_multiples(agg):
+    from minimind_ref.lab.widgets import explore
+
+    ex = explore(nl.plot_norm_vector, {"mu": (-3.0, 3.0, 0.1), "sigma": (0.1, 3.0, 0.1), "eps": ("log", -8, 0)},
+                 [dict(mu=0.0, sigma=1.0, eps=1e-5), dict(mu=2.0, sigma=0.5, eps=1e-5),
+                  dict(mu=0.0, sigma=0.01, eps=1e-2)], title="test")
+    visible = [a for a in ex.figure.axes if a.get_visible()]
+    assert len(visible) == 3
+    assert all(a.get_xlabel() and a.get_ylabel() and a.get_title() for a in visible)
+    assert ex.widget is None  # no kernel under pytest
+    with pytest.raises(ValueError):
+        explore(nl.plot_norm_vector, {"mu": (-3.0, 3.0, 0.1)}, [dict(sigma=1.0)], title="x")
+
+
+def test_explore_builds_widgets_when_asked(agg):
+    pytest.importorskip("ipywidgets")
+    from minimind_ref.lab.widgets import explore, make_widget
+
+    ex = explore(nl.plot_dtype_behaviour, {"statistics": ["float32 (minimind_ref)", "input dtype (naive)"],
+                                           "eps": ("log", -8, -2), "dim": (64, 1024, 64)},
+                 [dict(statistics="float32 (minimind_ref)", eps=1e-5, dim=128)], title="t", interactive=True)
+    assert ex.widget is not None
+    assert type(make_widget("n", (1, 9, 1))).__name__ == "IntSlider"
+    assert type(make_widget("b", True)).__name__ == "Checkbox"
+    with pytest.raises(TypeError):
+        make_widget("bad", object())
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def test_compare_returns_ratios_without_asserting_on_time(capsys):
+    from minimind_ref.lab.timing import bandwidth, compare
+
+    x = torch.randn(256, 256)
+    t = compare({"copy": lambda: x.clone(), "matmul": lambda: x @ x}, min_run_time=0.02, label="t")
+    assert t.ratio("copy") == 1.0
+    assert t.ratio("matmul") == pytest.approx(t.medians["matmul"] / t.medians["copy"])
+    assert set(t.ratios()) == {"copy", "matmul"}
+    out = capsys.readouterr().out
+    assert "cpu" in out or "cuda" in out or "mps" in out
+    with pytest.raises(KeyError):
+        compare({"a": lambda: None}, baseline="b", min_run_time=0.01)
+    assert bandwidth(4 * 2**20, min_run_time=0.02) > 1e8  # any machine moves more than 100 MB/s
