@@ -393,3 +393,35 @@ def test_moe_expert_without_tokens_gets_zero_gradient_in_both():
         g = m.experts[0].gate_proj.weight.grad
         assert g is not None and torch.count_nonzero(g) == 0
         assert torch.count_nonzero(m.experts[1].gate_proj.weight.grad) > 0
+
+
+# ------------------------------------------------------------------------ dropout, logits_to_keep
+@pytest.mark.parametrize("name", ["dense", "dense-explicit-attention", "moe-seq-aux"])
+def test_dropout_in_the_same_places_as_upstream(name):
+    """With dropout > 0 in training, the same seed gives the same logits: both models draw their
+    dropout masks in the same places (embedding, attention weights, attention output, FFN output)
+    and order. A refactor that only reorders random draws would break this test without being
+    wrong; one that drops or moves a dropout would be wrong."""
+    cfg = tiny_config(**VARIANTS[name], dropout=0.2)
+    up, ours = _pair(cfg)
+    up.train(), ours.train()
+    ids = _ids(cfg, batch=2, seq=16)
+    torch.manual_seed(5)
+    a = up(ids).logits
+    torch.manual_seed(5)
+    b = ours(ids).logits
+    torch.manual_seed(6)
+    c = ours(ids).logits
+    assert_close(b, a, **TOL)
+    assert (b - c).abs().max() > 1e-3  # dropout really acts
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_logits_to_keep(keep):
+    cfg = tiny_config(use_moe=True)
+    up, ours = _pair(cfg)
+    up.eval(), ours.eval()
+    ids = _ids(cfg)
+    a, b = up(ids, logits_to_keep=keep).logits, ours(ids, logits_to_keep=keep).logits
+    assert b.shape == (3, keep, cfg.vocab_size)
+    assert_close(b, a, **TOL)
