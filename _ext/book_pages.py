@@ -6,6 +6,8 @@
   page that does not exist, and needs no edit when a chapter arrives).
 * ``{book-statistics}``: counts computed from the sources at build time (chapters written, words of
   prose, code cells, exercises, glued numbers, bibliography entries, unit tests); nothing typed by hand.
+* Identical scripts included twice in a page (a bug of the current stack, see ``_dedupe_assets``)
+  are included once.
 * Offline assets: ``mathjax_path`` and ``nb_ipywidgets_js`` point at copies served by the book
   (``make assets``). If those files are missing, warn (an error under ``-W``) and fall back to the
   CDNs, so a build without them is still a working online book and never a silently broken one.
@@ -116,7 +118,7 @@ class BookStatistics(SphinxDirective):
         planned = self.options.get("planned")
         written = f"{len(chapters)} of {planned}" if planned else f"{len(chapters)}"
         rows = [
-            "| | |",
+            "| Quantity | Count |",
             "|---|---|",
             f"| Chapters written | {written} |",
             f"| Words of prose in the chapters | {totals['words']:,} |",
@@ -164,6 +166,33 @@ def _check_offline_assets(app: Sphinx, config) -> None:
         config.nb_ipywidgets_js = dict(CDN_WIDGETS)
 
 
+def _dedupe_assets(app, pagename, templatename, context, doctree):
+    """Drop scripts and stylesheets that are included twice with identical attributes.
+
+    With jupyter-book 1.0.4, Sphinx 7.4 and sphinx-thebe 0.3.1, the inline script
+    ``const THEBE_JS_URL = ...`` (and sphinx-togglebutton's) lands twice in every page, and the
+    second ``const`` is a SyntaxError in the console of every page. The copies are identical, so
+    keeping the first one of each is exactly what was meant.
+    """
+    for key in ("script_files", "css_files"):
+        assets = context.get(key)
+        if not assets:
+            continue
+        seen, kept = set(), []
+        for asset in assets:
+            # an inline script is registered once with filename None and once with '' (the two
+            # registries of Sphinx), otherwise identical
+            ident = (
+                str(getattr(asset, "filename", asset) or ""),
+                getattr(asset, "priority", 500),
+                tuple(sorted((k, str(v)) for k, v in getattr(asset, "attributes", {}).items())),
+            )
+            if ident not in seen:
+                seen.add(ident)
+                kept.append(asset)
+        assets[:] = kept
+
+
 def setup(app: Sphinx) -> dict:
     app.add_directive("chapter-overview", ChapterOverview)
     app.add_directive("book-statistics", BookStatistics)
@@ -171,4 +200,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("env-purge-doc", _purge)
     app.connect("env-merge-info", _merge)
     app.connect("config-inited", _check_offline_assets, priority=900)
+    app.connect("html-page-context", _dedupe_assets, priority=900)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
