@@ -425,3 +425,24 @@ def test_logits_to_keep(keep):
     a, b = up(ids, logits_to_keep=keep).logits, ours(ids, logits_to_keep=keep).logits
     assert b.shape == (3, keep, cfg.vocab_size)
     assert_close(b, a, **TOL)
+
+
+@pytest.mark.parametrize("name", ["dense", "dense-explicit-attention", "moe-seq-aux"])
+def test_chunked_prefill_with_padding_equals_upstream_full_forward(name):
+    """minimind_ref can extend a cache by several tokens at once (upstream cannot: its causal mask is
+    (T, T) and SDPA's is_causal is top-left aligned); chunks of a left-padded batch must reproduce
+    upstream's single full forward on the real tokens."""
+    cfg = tiny_config(**VARIANTS[name])
+    up, ours = _pair(cfg)
+    up.eval(), ours.eval()
+    ids = _ids(cfg, batch=2, seq=20)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        full = up(ids, attention_mask=mask).logits
+        out = None
+        for start, end in [(0, 7), (7, 12), (12, 13), (13, 20)]:
+            out = ours(ids[:, start:end], attention_mask=mask[:, :end], use_cache=True,
+                       past_key_values=None if out is None else out.past_key_values)
+            real = mask[:, start:end].bool()
+            assert_close(out.logits[real], full[:, start:end][real], **TOL)
