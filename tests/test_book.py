@@ -1,0 +1,225 @@
+"""Structure checks of the book: what must hold before a build is even attempted.
+
+* every file in ``_toc.yml`` exists, and every chapter notebook is in it (``only_build_toc_files``
+  would silently leave it out otherwise);
+* chapter notebooks are committed clean: no outputs, no execution counts, no saved widget state,
+  kernelspec ``python3``, valid nbformat;
+* the first code cell of every chapter is the Colab set-up cell of the shared contract (tagged
+  ``hide-output``, installs the project from REPO_URL or ``MINIMIND_SOURCE`` when ``minimind_ref``
+  is missing, then ``show_versions()``);
+* one repository URL everywhere: ``_config.yml``, ``minimind_ref.lab.REPO_URL`` and every set-up cell;
+* the configuration keeps the build honest (forced execution, errors fail, offline assets);
+* every ``{cite}`` key exists in ``references.bib``, which has no duplicate keys;
+* if a build exists: every chapter page has an "Open in Colab" link to its notebook in the repository.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from minimind_ref.lab import REPO_URL
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+CHAPTER_IDS = [p.stem for p in CHAPTERS]
+
+
+def toc_files() -> list[str]:
+    files = [TOC["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections"))
+
+    for part in TOC.get("parts", []):
+        assert part.get("chapters"), f"toc part {part.get('caption')!r} has no entries (comment it out instead)"
+        walk(part["chapters"])
+    walk(TOC.get("chapters"))
+    return files
+
+
+def source_of(docname: str) -> Path | None:
+    for suffix in (".md", ".ipynb"):
+        path = ROOT / f"{docname}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def first_code_cell(nb: dict) -> dict:
+    return next(c for c in nb["cells"] if c["cell_type"] == "code")
+
+
+# ---- the table of contents -------------------------------------------------------------------
+
+
+def test_toc_is_a_book_with_intro_root():
+    assert TOC["format"] == "jb-book"
+    assert TOC["root"] == "intro"
+
+
+def test_every_toc_entry_exists():
+    missing = [f for f in toc_files() if source_of(str(Path(f).with_suffix(""))) is None]
+    assert not missing, f"_toc.yml lists files that do not exist: {missing}"
+
+
+def test_toc_has_no_duplicates():
+    files = [str(Path(f).with_suffix("")) for f in toc_files()]
+    assert len(files) == len(set(files)), f"duplicate toc entries: {files}"
+
+
+def test_every_chapter_notebook_is_in_the_toc():
+    listed = {str(Path(f).with_suffix("")) for f in toc_files()}
+    orphans = [f"chapters/{p.stem}" for p in CHAPTERS if f"chapters/{p.stem}" not in listed]
+    assert not orphans, f"chapter notebooks not in _toc.yml (they would not be built): {orphans}"
+
+
+# ---- chapter notebooks, committed clean --------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_notebook_is_valid_nbformat(path):
+    import nbformat
+
+    nbformat.validate(nbformat.read(path, as_version=4))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_notebook_committed_without_outputs(path):
+    nb = load(path)
+    dirty = [i for i, c in enumerate(nb["cells"])
+             if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, (f"{path.name}: cells {dirty} have outputs or execution counts; "
+                       f"clear them: jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)}")
+    assert "widgets" not in nb.get("metadata", {}), f"{path.name}: saved widget state in the metadata; clear it"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_notebook_kernelspec_is_python3(path):
+    spec = load(path).get("metadata", {}).get("kernelspec", {})
+    assert spec.get("name") == "python3", f"{path.name}: kernelspec {spec!r} (nbmake needs name 'python3')"
+
+
+# ---- the Colab set-up cell ---------------------------------------------------------------------
+
+
+def setup_cell_repo_url(source: str) -> str | None:
+    """The string assigned to REPO_URL in a cell (None if there is none)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "REPO_URL" for t in node.targets):
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                return node.value.value
+    return None
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_first_cell_is_the_setup_cell(path):
+    cell = first_code_cell(load(path))
+    source = "".join(cell["source"])
+    assert "hide-output" in cell.get("metadata", {}).get("tags", []), f"{path.name}: first cell not tagged hide-output"
+    assert setup_cell_repo_url(source) == REPO_URL, f"{path.name}: first cell's REPO_URL is not {REPO_URL}"
+    for needle in ('find_spec("minimind_ref")', "MINIMIND_SOURCE", "pip", "install", "show_versions()"):
+        assert needle in source, f"{path.name}: the set-up cell lacks {needle!r} (see the set-up cell contract)"
+    # self-contained: it must run before the package exists, so it may import only the standard
+    # library until the install has happened
+    before_install = source.split("subprocess.run")[0]
+    assert "minimind_ref." not in before_install.replace('find_spec("minimind_ref")', ""), (
+        f"{path.name}: the set-up cell uses minimind_ref before installing it")
+
+
+def test_repository_url_agrees_everywhere():
+    assert CONFIG["repository"]["url"] == REPO_URL
+    assert CONFIG["repository"]["branch"] == "main"
+    assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert CONFIG["html"]["use_repository_button"] is True
+
+
+# ---- the configuration keeps the build honest ----------------------------------------------------
+
+
+def test_build_configuration():
+    assert CONFIG["only_build_toc_files"] is True
+    assert {".*", "**/.*", "_build"} <= set(CONFIG["exclude_patterns"])
+    execute = CONFIG["execute"]
+    assert execute["execute_notebooks"] == "force", "the cache does not see changes in minimind_ref"
+    assert execute["allow_errors"] is False
+    assert 60 <= execute["timeout"] <= 600
+    sphinx = CONFIG["sphinx"]
+    assert "sphinx_exercise" in sphinx["extra_extensions"]
+    assert sphinx["config"]["nb_execution_raise_on_error"] is True
+    assert CONFIG["bibtex_bibfiles"] == ["references.bib"]
+
+
+def test_offline_assets_are_relative_and_not_in_underscore_static():
+    cfg = CONFIG["sphinx"]["config"]
+    paths = [cfg["mathjax_path"], *cfg["nb_ipywidgets_js"]]
+    for p in paths:
+        assert "://" not in p and not p.startswith("/"), f"{p}: must be relative to _static to work on any host"
+    # everything under <book>/_static is injected into every page: bulky assets live elsewhere
+    assert "_static" not in cfg["html_static_path"]
+    assert (ROOT / "_static_book" / "book" / "widgets-setup.js").exists()
+
+
+# ---- citations ---------------------------------------------------------------------------------
+
+CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
+LITERAL = re.compile(r"``.*?``|```.*?```", re.S)  # code spans and fences show citations, not make them
+
+
+def bib_keys() -> list[str]:
+    return re.findall(r"^\s*@\w+\s*\{\s*([^,\s]+)\s*,", (ROOT / "references.bib").read_text(encoding="utf-8"), re.M)
+
+
+def test_bibliography_parses_without_duplicates():
+    from pybtex.database import parse_file
+
+    keys = bib_keys()
+    assert len(keys) == len(set(keys)), f"duplicate keys in references.bib: {sorted(k for k in keys if keys.count(k) > 1)}"
+    data = parse_file(str(ROOT / "references.bib"))
+    assert set(data.entries) == set(keys)
+    for key, entry in data.entries.items():
+        assert "title" in entry.fields and "year" in entry.fields, f"{key}: needs a title and a year"
+        assert entry.persons.get("author"), f"{key}: needs authors"
+
+
+def test_every_citation_exists():
+    keys = set(bib_keys())
+    texts = {}
+    for docname in toc_files():
+        path = source_of(str(Path(docname).with_suffix("")))
+        if path is None:
+            continue
+        if path.suffix == ".ipynb":
+            texts[path.name] = "\n".join("".join(c["source"]) for c in load(path)["cells"] if c["cell_type"] == "markdown")
+        else:
+            texts[path.name] = path.read_text(encoding="utf-8")
+    unknown = {name: sorted({k.strip() for m in CITE.findall(LITERAL.sub("", text)) for k in m.split(",")} - keys)
+               for name, text in texts.items()}
+    unknown = {k: v for k, v in unknown.items() if v}
+    assert not unknown, f"cited but not in references.bib: {unknown}"
+
+
+# ---- the built book (if there is one) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_built_chapter_has_colab_launch_button(path):
+    html = ROOT / "_build" / "html" / "chapters" / f"{path.stem}.html"
+    if not html.exists():
+        pytest.skip(f"{html.relative_to(ROOT)} not built: run `make book`")
+    url = f"https://colab.research.google.com/github/{REPO_URL.removeprefix('https://github.com/')}/blob/main/chapters/{path.name}"
+    assert url in html.read_text(encoding="utf-8"), f"{html.name} has no launch button to {url}"
