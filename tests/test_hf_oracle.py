@@ -149,7 +149,7 @@ def test_left_padded_batch_matches_llama():
         b = hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
     real = mask.bool()
     assert torch.isfinite(a).all()
-    assert_close(a[real], b[real], atol=1e-4, rtol=0)
+    assert_close(a[real], b[real], **TOL)  # measured ~1e-6: positions shifted, scores unchanged
 
     out_ours = ours.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None, attention_mask=mask)
     out_hf = hf.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
