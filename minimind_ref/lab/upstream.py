@@ -331,7 +331,8 @@ class MOEFeedForward(nn.Module):
         """Sort the (token, slot) pairs by expert, run each expert once on its tokens, scatter-add back."""
         expert_cache = torch.zeros_like(x)
         idxs = flat_expert_indices.argsort()
-        tokens_per_expert = flat_expert_indices.bincount().cpu().numpy().cumsum(0)  # a host sync per layer
+        # upstream: .bincount().cpu().numpy().cumsum(0); the same host sync per layer, without numpy
+        tokens_per_expert = flat_expert_indices.bincount().cpu().cumsum(0).tolist()
         token_idxs = idxs // self.config.num_experts_per_tok
         # e.g. tokens_per_expert = [6, 15, 20, 26]: expert 0 takes sorted pairs 0..5, expert 1 6..14, ...
         for i, end_idx in enumerate(tokens_per_expert):
