@@ -7,7 +7,10 @@ upstream's trainers write (both tied keys, optionally in float16); minimind_ref 
 ``strict=True`` and agree on logits, loss, auxiliary loss, gradients, cached decoding and YaRN.
 """
 
+import ast
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -46,6 +49,20 @@ def _pair(cfg: MiniMindConfig, seed: int = 0):
 def _ids(cfg, batch=3, seq=24, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, cfg.vocab_size, (batch, seq), generator=g)
+
+
+# ------------------------------------------------------------------------------- the oracle itself
+def test_oracle_is_independent_and_torch_only():
+    """The oracle must not reuse the code under test, nor pull in the book's heavy dependencies."""
+    tree = ast.parse(open(upstream.__file__).read())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    assert imported <= {"__future__", "math", "dataclasses", "typing", "torch"}, imported
+    assert not any(isinstance(n, ast.ImportFrom) and n.level > 0 for n in ast.walk(tree))  # no relative imports
+    code = ("import sys, minimind_ref.lab.upstream; "
+            "bad = [m for m in ('sympy', 'matplotlib', 'ipywidgets', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ------------------------------------------------------------------------------- keys and config
