@@ -4,7 +4,8 @@
 #
 #   make book                          build the HTML book into _build/html (executes every notebook)
 #   make test                          unit tests, every chapter notebook (nbmake), the book build
-#                                      with warnings as errors, and the browser test of the built pages
+#                                      with warnings as errors, the browser test of the built pages,
+#                                      and the Colab path (first chapter from a fresh venv)
 #   make bench                         the benchmarks (benchmarks/)
 #   make clean / make distclean        remove build outputs / also the virtual environment
 #
@@ -66,7 +67,7 @@ book: venv assets
 
 ## ---- tests --------------------------------------------------------------------------------
 
-test: test-unit test-notebooks test-book test-browser
+test: test-unit test-notebooks test-book test-browser test-colab
 	@echo "make test: all phases passed"
 
 test-unit: venv

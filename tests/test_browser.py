@@ -22,7 +22,7 @@ A screenshot of every page, in the theme's light and dark modes, is saved under
 DevTools protocol over a pipe (``--remote-debugging-pipe``): no extra Python package and no port.
 
 Run ``make book`` first (``make test`` does); without a build or without ``chromium`` the test is
-skipped with a message saying what to do.
+skipped with a message saying what to do (and fails instead when ``CI`` is set).
 """
 
 from __future__ import annotations
@@ -345,14 +345,21 @@ def notebook_uses_widgets(docname: str) -> bool:
 PAGES = toc_pages()
 
 
+def skip_or_fail(reason: str):
+    """On a reader's machine a missing prerequisite skips the test; in CI it is a failure."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not (HTML / "index.html").exists():
-        pytest.skip("no built book in _build/html: run `make book` first (`make test` builds it)")
+        skip_or_fail("no built book in _build/html: run `make book` first (`make test` builds it)")
     exe = find_chromium()
     if exe is None:
-        pytest.skip("chromium not found: install it to run the browser test "
-                    "(Debian/Ubuntu: `sudo apt-get install chromium`)")
+        skip_or_fail("chromium not found: install it to run the browser test "
+                     "(Debian/Ubuntu: `sudo apt-get install chromium`)")
     SHOTS.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     b = Browser(exe)
