@@ -37,7 +37,7 @@ class MiniMindConfig:
     hidden_size: int = 512
     num_hidden_layers: int = 8
     num_attention_heads: int = 8
-    num_key_value_heads: int = 2  # GQA: every KV head serves num_attention_heads // this query heads
+    num_key_value_heads: int | None = 2  # GQA: each KV head serves num_attention_heads // this query heads; None = MHA
     vocab_size: int = 6400
     intermediate_size: int | None = None  # None -> 64 * ceil(hidden_size * 8/3 / 64), the SwiGLU width
     # --- normalisation and position ------------------------------------------
@@ -66,6 +66,8 @@ class MiniMindConfig:
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:  # upstream's convention for plain multi-head attention
+            self.num_key_value_heads = self.num_attention_heads
         if self.intermediate_size is None:
             # 8/3 keeps a 3-matrix SwiGLU at the parameter count of a 4x ReLU FFN; 64 aligns it for matmul tiles
             self.intermediate_size = 64 * math.ceil(self.hidden_size * 8 / 3 / 64)

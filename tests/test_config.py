@@ -90,3 +90,7 @@ def test_unknown_keys_survive_the_round_trip():
     c = MiniMindConfig.from_dict(d)
     assert c.extra == {"model_type": "minimind", "architectures": ["MiniMindForCausalLM"]}
     assert c.to_dict()["model_type"] == "minimind"
+
+
+def test_no_kv_heads_means_multi_head_attention():
+    assert MiniMindConfig(num_key_value_heads=None).num_key_value_heads == 8
