@@ -7,6 +7,7 @@
 #                                      with warnings as errors, the browser test of the built pages,
 #                                      and the Colab path (first chapter from a fresh venv)
 #   make bench                         the benchmarks (benchmarks/)
+#   make clear-outputs                 strip outputs from chapters/*.ipynb before committing
 #   make clean / make distclean        remove build outputs / also the virtual environment
 #
 # Overrides: make book TORCH_SPEC="torch>=2.4"          (any pip requirement for torch)
@@ -31,7 +32,7 @@ VENV_STAMP := $(VENV)/.book-installed
 # Phases depend on each other's outputs (the browser test reads the built book): never run them in parallel.
 .NOTPARALLEL:
 
-.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab bench clean distclean
+.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab bench clear-outputs clean distclean
 
 all: book
 
@@ -92,6 +93,9 @@ test-colab: venv
 
 bench: venv
 	$(TIMED) "bench" $(PY) -m benchmarks
+
+clear-outputs: venv
+	$(PY) scripts/clear_outputs.py $(NOTEBOOKS)
 
 clean:
 	rm -rf _build _static_book/offline _static_book/offline.tmp
