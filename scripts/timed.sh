@@ -3,7 +3,7 @@
 label=$1
 shift
 start=$(date +%s)
-echo "==> [$label] $*"
+echo "==> [$label] $(printf '%q ' "$@")"
 "$@"
 status=$?
 echo "<== [$label] $(( $(date +%s) - start )) s (exit $status)"

@@ -17,8 +17,8 @@ asserts what a reader would see:
 The pages are served under a sub-path of a fake host (``http://book.test/minimind-textbook/``),
 as a web host such as GitHub Pages would, so an absolute asset path would be caught.
 
-A screenshot of every page, in the theme's light and dark modes, is saved under
-``_build/screenshots/`` as a test artefact (look at them). The browser is driven through the
+Screenshots of every page, whole, in tiles of 2400 pixels, in the theme's light and dark modes,
+are saved under ``_build/screenshots/<page>.<mode>.<tile>.png`` as test artefacts (look at them). The browser is driven through the
 DevTools protocol over a pipe (``--remote-debugging-pipe``): no extra Python package and no port.
 
 Run ``make book`` first (``make test`` does); without a build or without ``chromium`` the test is
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 BASE = "http://book.test/minimind-textbook/"
-WIDTH, MAX_HEIGHT = 1280, 16000
+WIDTH, TILE, MAX_HEIGHT = 1280, 2400, 100_000  # screenshot tiles of 1280 x 2400 pixels
 PAGE_TIMEOUT = 60.0  # seconds for a page to load, typeset and render its widgets
 
 mimetypes.add_type("text/javascript", ".js")
@@ -268,15 +268,23 @@ class Tab:
         if not self.loaded.wait(PAGE_TIMEOUT):
             raise TimeoutError(f"{url} did not finish loading in {PAGE_TIMEOUT} s")
 
-    def screenshot(self, path: Path):
-        height = self.evaluate("Math.ceil(document.documentElement.scrollHeight)")
-        height = max(900, min(int(height), MAX_HEIGHT))
+    def screenshot(self, stem: Path) -> list[Path]:
+        """The whole page, in tiles of TILE pixels: <stem>.01.png, <stem>.02.png, ..."""
+        height = int(self.evaluate("Math.ceil(document.documentElement.scrollHeight)"))
+        height = min(height, MAX_HEIGHT)
         self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False})
-        data = self.call("Page.captureScreenshot", {"format": "png"}, timeout=60)["data"]
-        path.write_bytes(base64.b64decode(data))
+                  {"width": WIDTH, "height": min(height, TILE), "deviceScaleFactor": 1, "mobile": False})
+        paths = []
+        for k, top in enumerate(range(0, height, TILE), start=1):
+            clip = {"x": 0, "y": top, "width": WIDTH, "height": min(TILE, height - top), "scale": 1}
+            data = self.call("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True},
+                             timeout=60)["data"]
+            path = stem.with_name(f"{stem.name}.{k:02d}.png")
+            path.write_bytes(base64.b64decode(data))
+            paths.append(path)
         self.call("Emulation.setDeviceMetricsOverride",
                   {"width": WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        return paths
 
     def close(self):
         self.b._listeners.pop(self.session, None)
@@ -380,11 +388,13 @@ def test_page_renders_offline(browser, page):
         info = tab.evaluate(SETTLE_JS % {"timeout_ms": int(PAGE_TIMEOUT * 1000) - 5000}, timeout=PAGE_TIMEOUT)
         load_s = time.perf_counter() - t0
         stem = page.replace("/", "__")
-        tab.screenshot(SHOTS / f"{stem}.light.png")
+        for old in SHOTS.glob(f"{stem}.*.png"):
+            old.unlink()
+        tab.screenshot(SHOTS / f"{stem}.light")
         tab.evaluate("(async () => { document.documentElement.dataset.theme = 'dark';"
                      " document.documentElement.dataset.mode = 'dark';"
                      " await new Promise((r) => setTimeout(r, 300)); return true; })()")
-        tab.screenshot(SHOTS / f"{stem}.dark.png")
+        tab.screenshot(SHOTS / f"{stem}.dark")
         errors, external, missing = list(tab.errors), list(tab.external), list(tab.missing)
     finally:
         tab.close()
