@@ -1,0 +1,78 @@
+"""Write the rows of a run as a Markdown table and a JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .common import Row
+
+TITLES = {
+    "train": "1. Training step (forward + backward), default config, batch 4 x 256, float32",
+    "compile": "1b. torch.compile(fullgraph=True) of the same training step",
+    "decode": "2. Greedy decoding, 32-token prompt + 128 new tokens, batch 1 (identical tokens)",
+    "moe-infer": "3a. MoE layer, inference (8 routed experts, top-2, 1 shared; 8 x 256 tokens)",
+    "moe-train": "3b. MoE layer, training (forward + backward)",
+    "context": "4. One decoding step against the context length (ratio to the same implementation at 64)",
+    "norm-forward": "5a. Normalisation, forward (4, 256, 512)",
+    "norm-train": "5b. Normalisation, forward + backward (4, 256, 512)",
+    "attention-forward": "5c. Attention layer, forward (projections included)",
+    "attention-train": "5d. Attention layer, forward + backward",
+}
+
+
+def _fmt_time(s: float) -> str:
+    if s is None or math.isnan(s):
+        return "n/a"
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def markdown(rows: list[Row], env: dict, info: dict, started: str, wall: float) -> str:
+    lines = [
+        f"# Benchmark results: {env['device_name']}",
+        "",
+        f"- date (UTC): {started}",
+        f"- device: {env['device']} ({env['device_name']}), {env['threads']} torch threads, "
+        f"{env['cpu_count']} logical CPUs",
+        f"- torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}",
+        f"- load average at start: {env.get('load_average_at_start', 'n/a')} (a shared machine: read the ratios)",
+        f"- whole run: {wall:.0f} s; command: `{info.get('command', 'python -m benchmarks')}`",
+        "",
+        "Times are medians over interleaved rounds; a ratio is the median over rounds of the same-round ratio "
+        "to the baseline named in its row (below 1: faster than the baseline).",
+        "",
+    ]
+    for bench, title in TITLES.items():
+        these = [r for r in rows if r.bench == bench]
+        if not these:
+            continue
+        lines += [f"## {title}", "", "| candidate | median time | ratio | to | target | met | note |",
+                  "|---|---:|---:|---|---|---|---|"]
+        for r in these:
+            ratio = "" if r.ratio is None else f"{r.ratio:.3f}"
+            met = "" if r.met is None else ("yes" if r.met else "**no**")
+            lines.append(f"| {r.name} | {_fmt_time(r.seconds)} | {ratio} | {r.baseline or ''} | {r.target or ''} "
+                         f"| {met} | {r.note} |")
+        lines.append("")
+    targets = [r for r in rows if r.target]
+    if targets:
+        lines += ["## Targets", "", "| benchmark | candidate | ratio | target | met |", "|---|---|---:|---|---|"]
+        for r in targets:
+            lines.append(f"| {r.bench} | {r.name} | {r.ratio:.3f} | {r.target} | {'yes' if r.met else '**no**'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(rows: list[Row], env: dict, info: dict, started: str, wall: float, out_dir: Path, stem: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / f"{stem}.md"
+    md.write_text(markdown(rows, env, info, started, wall))
+    payload = {"date_utc": started, "wall_seconds": wall, "environment": env, "info": info,
+               "rows": [r.to_dict() for r in rows]}
+    (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    return md
