@@ -209,3 +209,9 @@ def test_compare_returns_ratios_without_asserting_on_time(capsys):
     with pytest.raises(KeyError):
         compare({"a": lambda: None}, baseline="b", min_run_time=0.01)
     assert bandwidth(4 * 2**20, min_run_time=0.02) > 1e8  # any machine moves more than 100 MB/s
+
+
+def test_glue_works_with_and_without_myst_nb(monkeypatch):
+    lab.glue("test_value", 1.5, display=False)  # myst-nb installed here: must not raise
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # simulate Colab: import fails
+    lab.glue("test_value", 1.5, display=False)

@@ -49,3 +49,20 @@ def show_versions() -> dict:
     info["device"] = device_name()
     print("  ".join(f"{k} {v}" for k, v in info.items()))
     return info
+
+
+def glue(name: str, value, display: bool = True) -> None:
+    """myst-nb's ``glue`` when myst-nb is installed (the book build); elsewhere (Colab) show the value.
+
+    Chapters insert every number of their prose with ``{glue:text}`` from a glued value; on Colab,
+    where myst-nb is usually absent, the notebook must still run, so this falls back to displaying.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        if display:
+            from IPython.display import display as show
+
+            show(value)
+        return
+    myst_glue(name, value, display=display)

@@ -91,7 +91,8 @@ def lambdify_torch(expr, args: Sequence[Any]) -> Callable[..., torch.Tensor]:
             t = torch.as_tensor(t, dtype=torch.float64)
             if is_vec:
                 if t.shape != (len(syms),):
-                    raise ValueError(f"a group of {len(syms)} symbols needs a tensor of shape ({len(syms)},), got {tuple(t.shape)}")
+                    raise ValueError(f"a group of {len(syms)} symbols needs a tensor of shape ({len(syms)},), "
+                                     f"got {tuple(t.shape)}")
                 values.extend(float(v) for v in t)
             else:
                 values.append(float(t))
@@ -126,7 +127,8 @@ def _trials(args, inputs, sample, n_trials, seed):
 
 def _compare(got: torch.Tensor, want: torch.Tensor, what: str, atol: float, rtol: float) -> float:
     if got.shape != want.shape:
-        raise SymbolicMismatch(f"{what}: shapes differ, sympy {tuple(got.shape)} vs torch {tuple(want.shape)}", float("inf"))
+        raise SymbolicMismatch(f"{what}: shapes differ, sympy {tuple(got.shape)} vs torch {tuple(want.shape)}",
+                               float("inf"))
     err = float((got - want).abs().max()) if got.numel() else 0.0
     if not torch.allclose(got, want, atol=atol, rtol=rtol):
         raise SymbolicMismatch(f"{what}: sympy and autograd differ, max |difference| = {err:.3g} "

@@ -39,7 +39,8 @@ class Timing:
         lines = [f"{self.label or 'timing'} on {self.device} (median of blocked runs; ratio to {self.baseline})"]
         width = max(len(k) for k in self.medians)
         for k, t in self.medians.items():
-            lines.append(f"  {k:<{width}}  {t * 1e6:10.1f} us  (IQR {self.iqrs[k] * 1e6:7.1f} us)  x{self.ratio(k):.2f}")
+            iqr = self.iqrs[k] * 1e6
+            lines.append(f"  {k:<{width}}  {t * 1e6:10.1f} us  (IQR {iqr:7.1f} us)  x{self.ratio(k):.2f}")
         return "\n".join(lines)
 
 
