@@ -70,9 +70,11 @@ class MiniMindModel(nn.Module):
                              f"{getattr(input_ids, 'dtype', type(input_ids))} of shape {tuple(getattr(input_ids, 'shape', ()))}")
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids has no tokens (seq_len 0)")
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= cfg.vocab_size:
-            raise ValueError(f"input_ids contain token ids outside [0, vocab_size={cfg.vocab_size}): min {lo}, max {hi}")
+        if not torch.compiler.is_compiling():  # a check of values, not shapes: a compiled graph cannot branch on it
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= cfg.vocab_size:
+                raise ValueError(f"input_ids contain token ids outside [0, vocab_size={cfg.vocab_size}): "
+                                 f"min {lo}, max {hi}")
         past = 0
         if cache is not None:
             if not isinstance(cache, KVCache):
@@ -107,7 +109,7 @@ class MiniMindModel(nn.Module):
         past = cache.length if cache is not None else 0
         if cache is not None:
             cache.reserve(seq_len)
-        if attention_mask is not None and check and bool(attention_mask.all()):
+        if attention_mask is not None and check and not torch.compiler.is_compiling() and bool(attention_mask.all()):
             attention_mask = None  # no padding: let SDPA use its causal kernel
         attn_mask = make_attention_mask(attention_mask, seq_len, past, input_ids.device)
         position_embeddings = (self.freqs_cos[past:past + seq_len], self.freqs_sin[past:past + seq_len])

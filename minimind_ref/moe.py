@@ -85,7 +85,10 @@ class MoEFeedForward(nn.Module):
         bsz, seq_len, hidden = x.shape
         topk_idx, topk_weight, aux_loss = self.gate(x)
         tokens = x.reshape(-1, hidden)  # (B*L, d)
-        y = self.dispatch(tokens, topk_idx, topk_weight, run_all=self.training).view(bsz, seq_len, hidden)
+        if torch.compiler.is_compiling():  # torch.compile: shapes must not depend on the routing
+            y = self.dense_dispatch(tokens, topk_idx, topk_weight).view(bsz, seq_len, hidden)
+        else:
+            y = self.dispatch(tokens, topk_idx, topk_weight, run_all=self.training).view(bsz, seq_len, hidden)
         for expert in self.shared_experts:  # always-on experts see every token
             y = y + expert(x)
         self.aux_loss = aux_loss
@@ -105,3 +108,14 @@ class MoEFeedForward(nn.Module):
                 outputs.append(expert(block))
         weighted = torch.cat(outputs) * topk_weight.reshape(-1)[order, None]  # (T*K, d)
         return torch.zeros_like(tokens).index_add_(0, token_of, weighted)
+
+    def dense_dispatch(self, tokens: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
+        """The same sum with static shapes, for ``torch.compile(fullgraph=True)``: every expert runs on every
+        token and a (T, N) weight matrix, zero where a token did not choose the expert, combines them.
+        No host sync and no data-dependent split, at N/K times the routed FLOPs."""
+        combine = torch.zeros(tokens.shape[0], len(self.experts), dtype=topk_weight.dtype, device=tokens.device)
+        combine = combine.scatter(1, topk_idx, topk_weight)  # (T, N)
+        y = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            y = y + combine[:, e, None] * expert(tokens)
+        return y
