@@ -15,7 +15,8 @@ asserts what a reader would see:
   widgets cannot silently vanish from the HTML).
 
 The pages are served under a sub-path of a fake host (``http://book.test/minimind-textbook/``),
-as a web host such as GitHub Pages would, so an absolute asset path would be caught.
+as a web host such as GitHub Pages would, so an absolute asset path would be caught; and each page is
+also opened from disk (``file://``), as a reader who runs ``make book`` does.
 
 Screenshots of every page, whole, in tiles of 2400 pixels, in the theme's light and dark modes,
 are saved under ``_build/screenshots/<page>.<mode>.<tile>.png`` as test artefacts (look at them). The browser is driven through the
@@ -28,6 +29,7 @@ skipped with a message saying what to do (and fails instead when ``CI`` is set).
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import mimetypes
 import os
@@ -103,6 +105,8 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="book-chromium-")
         cmd_r, cmd_w = os.pipe()  # we write commands -> chromium reads fd 3
         ev_r, ev_w = os.pipe()  # chromium writes fd 4 -> we read
+        # the child's ends go to fds >= 10 first, so that putting them on 3 and 4 cannot clobber them
+        cmd_r, ev_w = (self._above_ten(fd) for fd in (cmd_r, ev_w))
         args = [
             executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -129,6 +133,12 @@ class Browser:
         threading.Thread(target=self._read_loop, daemon=True).start()
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         self.version = self.call("Browser.getVersion", timeout=30)["product"]
+
+    @staticmethod
+    def _above_ten(fd: int) -> int:
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+        os.close(fd)
+        return new
 
     def _drain_stderr(self):
         for line in self.proc.stderr:
@@ -229,6 +239,9 @@ class Tab:
     def _serve(self, params: dict):
         """Answer a request from _build/html; anything outside the book is an external request."""
         request_id, url = params["requestId"], params["request"]["url"]
+        if url.startswith("file://"):  # a page opened from disk reads the build directly
+            self.b.send("Fetch.continueRequest", {"requestId": request_id}, session=self.session, reply=False)
+            return
         if urlsplit(url).path == "/favicon.ico" and not url.startswith(BASE):
             # the browser's own guess at the host root, not a request the page makes
             self.b.send("Fetch.failRequest", {"requestId": request_id, "errorReason": "Aborted"},
@@ -377,15 +390,41 @@ def browser():
     print(f"\nbrowser test: {len(PAGES)} pages in {time.perf_counter() - start:.1f} s; screenshots in {SHOTS}")
 
 
+def check_page(page: str, where: str, info: dict, errors: list, external: list, missing: list) -> None:
+    """The assertions of one page load (``where``: how it was served)."""
+    assert not external, f"{page} ({where}) tried to reach the internet: {external}"
+    assert not missing, f"{page} ({where}) refers to files that are not in the build: {missing}"
+    assert not errors, f"{page} ({where}) logged errors in the browser console: {errors}"
+    if info["math"]:
+        assert info["mathjaxLoaded"], f"{page} ({where}) has {info['math']} math elements but MathJax did not load"
+        assert info["mjx"] >= info["math"], f"{page} ({where}): only {info['mjx']} of {info['math']} math elements typeset"
+    assert not info["mjxErrors"], f"{page} ({where}): MathJax could not typeset: {info['mjxErrors']}"
+    assert not info["raw"], f"{page} ({where}): raw TeX left in the visible text: {info['raw']}"
+    broken = [i["src"] for i in info["images"] if not i["ok"]]
+    assert not broken, f"{page} ({where}): images that did not load: {broken}"
+    bad_views = [v for v in info["widgetViews"] if not v["ok"] or v["error"] or v["height"] <= 0]
+    assert not bad_views, f"{page} ({where}): widget views without their initial state: {bad_views}"
+    if info["widgetViews"]:
+        assert info["widgetState"] == 1, f"{page} ({where}): widget views but no embedded widget state"
+    if notebook_uses_widgets(page):
+        assert info["widgetViews"], (f"{page} ({where}): the notebook uses ipywidgets but the page has no widget "
+                                     "view (was the widget state saved when the book executed it?)")
+
+
+def load_and_settle(tab: Tab, url: str) -> dict:
+    tab.open(url)
+    return tab.evaluate(SETTLE_JS % {"timeout_ms": int(PAGE_TIMEOUT * 1000) - 5000}, timeout=PAGE_TIMEOUT)
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_offline(browser, page):
+    """Served from a web host under a sub-path: all checks, and the screenshots."""
     html_file = HTML / f"{page}.html"
     assert html_file.exists(), f"{page} is in _toc.yml but {html_file.relative_to(ROOT)} was not built"
     tab = Tab(browser)
     try:
         t0 = time.perf_counter()
-        tab.open(BASE + f"{page}.html")
-        info = tab.evaluate(SETTLE_JS % {"timeout_ms": int(PAGE_TIMEOUT * 1000) - 5000}, timeout=PAGE_TIMEOUT)
+        info = load_and_settle(tab, BASE + f"{page}.html")
         load_s = time.perf_counter() - t0
         stem = page.replace("/", "__")
         for old in SHOTS.glob(f"{stem}.*.png"):
@@ -398,23 +437,20 @@ def test_page_renders_offline(browser, page):
         errors, external, missing = list(tab.errors), list(tab.external), list(tab.missing)
     finally:
         tab.close()
-
     print(f"{page}: {load_s:.1f} s, {info['math']} math, {info['mjx']} typeset, {len(info['images'])} images, "
           f"{len(info['widgetViews'])} widget views")
-    assert not external, f"{page} tried to reach the internet: {external}"
-    assert not missing, f"{page} refers to files that are not in the build: {missing}"
-    assert not errors, f"{page} logged errors in the browser console: {errors}"
-    if info["math"]:
-        assert info["mathjaxLoaded"], f"{page} has {info['math']} math elements but MathJax did not load"
-        assert info["mjx"] >= info["math"], f"{page}: only {info['mjx']} of {info['math']} math elements typeset"
-    assert not info["mjxErrors"], f"{page}: MathJax could not typeset: {info['mjxErrors']}"
-    assert not info["raw"], f"{page}: raw TeX left in the visible text: {info['raw']}"
-    broken = [i["src"] for i in info["images"] if not i["ok"]]
-    assert not broken, f"{page}: images that did not load: {broken}"
-    bad_views = [v for v in info["widgetViews"] if not v["ok"] or v["error"] or v["height"] <= 0]
-    assert not bad_views, f"{page}: widget views without their initial state: {bad_views}"
-    if info["widgetViews"]:
-        assert info["widgetState"] == 1, f"{page}: widget views but no embedded widget state"
-    if notebook_uses_widgets(page):
-        assert info["widgetViews"], (f"{page}: the notebook uses ipywidgets but the page has no widget view "
-                                     "(was the widget state saved when the book executed it?)")
+    check_page(page, "web host", info, errors, external, missing)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_from_disk(browser, page):
+    """Opened as a file (file://...), as a reader who runs `make book` does: the same checks."""
+    html_file = HTML / f"{page}.html"
+    assert html_file.exists(), f"{page} is in _toc.yml but {html_file.relative_to(ROOT)} was not built"
+    tab = Tab(browser)
+    try:
+        info = load_and_settle(tab, html_file.as_uri())
+        errors, external, missing = list(tab.errors), list(tab.external), list(tab.missing)
+    finally:
+        tab.close()
+    check_page(page, "file://", info, errors, external, missing)
