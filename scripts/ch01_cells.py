@@ -75,16 +75,16 @@ from minimind_ref import MiniMindBlock, MiniMindConfig, MiniMindForCausalLM
 from minimind_ref.lab import device_name, glue
 from minimind_ref.lab import normalization as nl
 from minimind_ref.lab.plots import COLORS, label, subplots, use_book_style
-from minimind_ref.lab.symbolic import (SymbolicMismatch, check_expr, check_gradient, check_jacobian,
-                                       init_printing, vector)
+from minimind_ref.lab.symbolic import (SymbolicMismatch, check_expr, check_gradient,
+                                       check_jacobian, init_printing, vector)
 from minimind_ref.lab.timing import bandwidth, compare
 from minimind_ref.lab.widgets import explore
 from minimind_ref.norm import RMSNorm
 
 torch.manual_seed(0)
 if not torch.cuda.is_available():
-    # This chapter's tensors are small: on a CPU one thread avoids thread-synchronisation overhead,
-    # which dominates (and makes timings erratic) when other programs share the cores.
+    # This chapter's tensors are small: on a CPU one thread avoids thread-synchronisation
+    # overhead, which dominates (and makes timings erratic) when other programs share the cores.
     torch.set_num_threads(1)
 use_book_style()   # white-card figures, legible in the book's light and dark themes
 init_printing()    # sympy renders as MathJax
@@ -111,7 +111,7 @@ normalisation after every layer.
 
 code('''
 def rms_through_depth(gain, depth=48, dim=512, normalise=False, seed=0):
-    """RMS of a signal pushed through `depth` random linear layers (optionally RMS-normalised)."""
+    """RMS of a signal through `depth` random linear layers (optionally RMS-normalised)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(dim, generator=g)
     trace = [float(x.pow(2).mean().sqrt())]
@@ -139,7 +139,8 @@ code('''
 fig, ax = subplots(1, 1, width=7, height=3.8)
 for g, tr in depth_runs.items():
     ax.semilogy(tr, label=f"no normalisation, gain {g}")
-ax.semilogy(normed_run, color="black", linestyle="--", label="RMSNorm after each layer, gain 1.2")
+ax.semilogy(normed_run, color="black", linestyle="--",
+            label="RMSNorm after each layer, gain 1.2")
 label(ax, "Signal scale through a stack of random linear layers", "layer index (depth)",
       "RMS of the activations (log scale)", legend=True)
 plt.show()
@@ -214,11 +215,11 @@ value jumps around from batch to batch.
 code('''
 features = 64
 gen = torch.Generator().manual_seed(0)
-feat_mean = torch.randn(features, generator=gen)                 # each feature has its own mean ...
-feat_std = 0.5 + 1.5 * torch.rand(features, generator=gen)       # ... and its own spread
-x0 = feat_mean + feat_std * torch.randn(features, generator=gen)  # the one example we follow
+feat_mean = torch.randn(features, generator=gen)            # each feature has its own mean
+feat_std = 0.5 + 1.5 * torch.rand(features, generator=gen)  # ... and its own spread
+x0 = feat_mean + feat_std * torch.randn(features, generator=gen)   # the example we follow
 
-# A batch of one: PyTorch refuses, and the formula itself would return 0 for every feature.
+# A batch of one: PyTorch refuses, and the formula itself returns 0 for every feature.
 try:
     F.batch_norm(x0[None], None, None, training=True)
 except ValueError as err:
@@ -229,17 +230,19 @@ assert torch.all(by_hand == 0)
 
 def batchnorm_spread(batch_size, trials=300):
     """Std, over random batches, of x0's BatchNorm output (averaged over features)."""
-    mates = feat_mean + feat_std * torch.randn(trials, batch_size - 1, features, generator=gen)
-    batches = torch.cat([x0.expand(trials, 1, features), mates], dim=1)   # (trials, B, features)
-    # one F.batch_norm call for all trials: put the trials side by side as extra "features"
+    noise = torch.randn(trials, batch_size - 1, features, generator=gen)
+    mates = feat_mean + feat_std * noise
+    batches = torch.cat([x0.expand(trials, 1, features), mates], dim=1)  # (trials, B, feat)
+    # one F.batch_norm call for all trials: the trials side by side as extra "features"
     flat = batches.permute(1, 0, 2).reshape(batch_size, trials * features)
-    out = F.batch_norm(flat, None, None, training=True).reshape(batch_size, trials, features)
+    out = F.batch_norm(flat, None, None, training=True)
+    out = out.reshape(batch_size, trials, features)
     return float(out[0].std(0).mean())   # row 0 is x0, in each of the `trials` batches
 
 batch_sizes = [2, 4, 8, 16, 64, 256]
 spread = {b: batchnorm_spread(b) for b in batch_sizes}
 for b, s in spread.items():
-    print(f"batch {b:3d}: x0's normalised features vary by {s:.3f} (std) from batch to batch")
+    print(f"batch {b:3d}: x0's normalised features vary by {s:.3f} (std) between batches")
 assert spread[4] > 3 * spread[64] > 0   # small batches: much noisier statistics
 glue("bn_spread_4", spread[4], display=False)
 glue("bn_spread_64", spread[64], display=False)
@@ -247,19 +250,25 @@ glue("bn_spread_256", spread[256], display=False)
 ''')
 
 code('''
-# LayerNorm, by contrast, looks at one example at a time: its batch-mates change nothing.
+# LayerNorm, by contrast, looks at one example at a time: batch-mates change nothing.
 alone = F.layer_norm(x0[None], (features,))[0]
-in_a_batch = F.layer_norm(torch.cat([x0[None], torch.randn(63, features, generator=gen)]), (features,))[0]
+batch = torch.cat([x0[None], torch.randn(63, features, generator=gen)])
+in_a_batch = F.layer_norm(batch, (features,))[0]
 assert torch.equal(alone, in_a_batch)
 print("LayerNorm output of x0, alone vs in a batch of 64: identical")
 ''')
 
 code('''
-fig, ax = subplots(1, 1, width=6.5, height=3.6)
+fig, ax = subplots(1, 1, width=6.5, height=3.8)
 bs = torch.tensor(batch_sizes, dtype=torch.float64)
-ax.loglog(bs, [spread[b] for b in batch_sizes], "o-", color=COLORS["batchnorm"], label="BatchNorm (training mode)")
-ax.loglog(bs, spread[64] * (64 / bs).sqrt(), ":", color="#555555", label=r"$\\propto 1/\\sqrt{B}$ reference")
-ax.axhline(1e-3, color=COLORS["layernorm"], linestyle="--", label="LayerNorm: exactly 0 (drawn at 1e-3)")
+ax.loglog(bs, [spread[b] for b in batch_sizes], "o-", color=COLORS["batchnorm"],
+          label="BatchNorm (training mode)")
+ax.loglog(bs, spread[64] * (64 / bs).sqrt(), ":", color="#555555",
+          label=r"$\\propto 1/\\sqrt{B}$ reference")
+ax.axhline(1e-3, color=COLORS["layernorm"], linestyle="--",
+           label="LayerNorm: exactly 0 (drawn at 1e-3)")
+ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+ax.minorticks_off()
 label(ax, "One example, normalised inside random batches", "batch size B (examples)",
       "batch-to-batch std of its output", legend=True)
 plt.show()
@@ -283,7 +292,10 @@ Ba, Kiros and Hinton {cite}`ba2016layernorm` turned the axis around: normalise e
 own features. For a vector $x\in\mathbb R^D$ (one token's hidden state),
 
 $$
-\mu = \frac1D\sum_{i=1}^D x_i,\qquad \sigma^2=\frac1D\sum_{i=1}^D (x_i-\mu)^2,\qquad
+\mu = \frac1D\sum_{i=1}^D x_i,\qquad \sigma^2=\frac1D\sum_{i=1}^D (x_i-\mu)^2,
+$$
+
+$$
 \hat x_i = \frac{x_i-\mu}{\sqrt{\sigma^2+\varepsilon}},\qquad y_i=\gamma_i\hat x_i+\beta_i ,
 $$
 
@@ -332,7 +344,8 @@ code('''
 class PostLNBlock(MiniMindBlock):
     """The original Transformer's order: normalise after each residual addition."""
     def forward(self, hidden_states, position_embeddings, attn_mask=None, cache=None):
-        h = self.input_layernorm(hidden_states + self.self_attn(hidden_states, position_embeddings, attn_mask, cache))
+        attn = self.self_attn(hidden_states, position_embeddings, attn_mask, cache)
+        h = self.input_layernorm(hidden_states + attn)
         return self.post_attention_layernorm(h + self.mlp(h))
 
 def block_profile(post_ln, layers=12, seed=0):
@@ -344,13 +357,15 @@ def block_profile(post_ln, layers=12, seed=0):
         for block in model.model.layers:
             block.__class__ = PostLNBlock          # same weights, post-LN order
     stream_rms = []
-    hooks = [b.register_forward_pre_hook(lambda m, a: stream_rms.append(float(a[0].detach().pow(2).mean().sqrt())))
-             for b in model.model.layers]
+    def record(module, args):
+        stream_rms.append(float(args[0].detach().pow(2).mean().sqrt()))
+    hooks = [b.register_forward_pre_hook(record) for b in model.model.layers]
     ids = torch.randint(0, cfg.vocab_size, (4, 32), generator=torch.Generator().manual_seed(1))
     model(ids, labels=ids).loss.backward()
     for hk in hooks:
         hk.remove()
-    grads = [float(torch.cat([p.grad.flatten() for p in b.parameters()]).norm()) for b in model.model.layers]
+    grads = [float(torch.cat([p.grad.flatten() for p in b.parameters()]).norm())
+             for b in model.model.layers]
     return stream_rms, grads
 
 pre_rms, pre_grad = block_profile(post_ln=False)
@@ -364,15 +379,17 @@ glue("post_grad_ratio", post_grad[0] / post_grad[-1], display=False)
 ''')
 
 code('''
-fig, axes = subplots(1, 2, width=10, height=3.6)
-ax1, ax2 = axes[0]
+fig, axes = subplots(2, 1, width=6.5, height=6.6)
+ax1, ax2 = axes[0, 0], axes[1, 0]
 layers_idx = range(len(pre_rms))
 ax1.plot(layers_idx, pre_rms, "o-", color=COLORS["pre-ln"], label="pre-LN (MiniMind)")
 ax1.plot(layers_idx, post_rms, "s-", color=COLORS["post-ln"], label="post-LN")
-label(ax1, "Residual stream entering each block", "block index", "RMS of hidden state", legend=True)
+label(ax1, "Residual stream entering each block", "block index",
+      "RMS of hidden state", legend=True)
 ax2.semilogy(layers_idx, pre_grad, "o-", color=COLORS["pre-ln"], label="pre-LN (MiniMind)")
 ax2.semilogy(layers_idx, post_grad, "s-", color=COLORS["post-ln"], label="post-LN")
-label(ax2, "Gradient reaching each block at init", "block index", "||dL/d(block params)|| (log)", legend=True)
+label(ax2, "Gradient reaching each block at initialisation", "block index",
+      "norm of dL/d(block parameters)", legend=True)
 plt.show()
 ''', "hide-input")
 
@@ -433,9 +450,11 @@ $\frac14(1+4+9+16)=7.5$. Notice that $7.5 = 1.25 + 2.5^2$. This is no accident: 
 in the definition of the variance gives
 
 $$
-\sigma^2=\frac1D\sum_i (x_i-\mu)^2=\frac1D\sum_i x_i^2-2\mu\cdot\frac1D\sum_i x_i+\mu^2
-=\frac1D\sum_i x_i^2-\mu^2,
-\qquad\text{so}\qquad \mathrm{RMS}^2=\sigma^2+\mu^2
+\begin{aligned}
+\sigma^2&=\frac1D\sum_i (x_i-\mu)^2=\frac1D\sum_i x_i^2-2\mu\cdot\frac1D\sum_i x_i+\mu^2
+=\frac1D\sum_i x_i^2-\mu^2,\\
+\text{so}\quad \mathrm{RMS}^2&=\sigma^2+\mu^2
+\end{aligned}
 $$
 
 (with $\varepsilon=0$). The mean square is the variance plus the squared mean. When the mean is small
@@ -467,7 +486,7 @@ explorer_vectors = explore(
     sliders={"mu": (-4.0, 4.0, 0.1), "sigma": (0.01, 3.0, 0.01), "eps": ("log", -8, 0)},
     static=[dict(mu=0.0, sigma=1.0, eps=1e-5), dict(mu=3.0, sigma=1.0, eps=1e-5),
             dict(mu=0.0, sigma=0.01, eps=1e-5), dict(mu=0.0, sigma=0.01, eps=1e-3)],
-    title="A vector before and after LayerNorm and RMSNorm", ncols=2, figsize=(10, 6.4))
+    title="A vector before and after LayerNorm and RMSNorm", ncols=2, figsize=(8, 6.4))
 ''')
 
 md(r'''
@@ -506,7 +525,9 @@ gradient arriving from above (for any loss $L$), and $\varepsilon>0$.
 
 ### LayerNorm: forward and Jacobian
 
-The forward pass is $\hat x=(x-\mu\mathbf 1)/s$ with $s=\sqrt{\sigma^2+\varepsilon}$. In sympy:
+The forward pass is $\hat x=(x-\mu\mathbf 1)/s$ with $s=\sqrt{\sigma^2+\varepsilon}$. In sympy, with
+the symbols $x_0,\dots,x_3$ (the cell shows the mean it builds; printing a whole $\hat x_i$ would fill
+the page):
 ''')
 
 code('''
@@ -520,7 +541,7 @@ mu = sum(x) / D
 var = sum((xi - mu) ** 2 for xi in x) / D
 s = sp.sqrt(var + eps)
 xhat_ln = (x - mu * sp.ones(D, 1)) / s
-xhat_ln[0]
+sp.Eq(sp.Symbol(r"\\mu"), mu, evaluate=False)
 ''')
 
 md(r'''
@@ -604,11 +625,13 @@ assert sp.simplify(var_xhat0 - var / (var + mu ** 2)) == 0
 
 # 3. RMS(xhat)^2 = m / (m + eps)
 assert sp.simplify(sum(xi ** 2 for xi in xhat) / D - ms / (ms + eps)) == 0
-sp.Eq(sp.Symbol(r"\\mathrm{Var}(\\hat x)"), sp.simplify(var / (var + mu ** 2)))
+print("identities 1-3 hold symbolically for D = 4; identity 2 in full:")
+sp.Eq(var_xhat0, sp.factor(var / (var + mu ** 2)))
 ''')
 
 md(r'''
-The displayed expression is identity 2 written out for $D=4$. A numeric experiment at a realistic size:
+The displayed equation is identity 2 as sympy sees it for $D=4$ (left, the variance of $\hat x$ from its
+definition; right, $\sigma^2/(\sigma^2+\mu^2)$ expanded). A numeric experiment at a realistic size:
 a 4,096-component vector drawn with mean 1.5 and standard deviation 2 should have, after RMSNorm, a
 variance of $4/(4+2.25)=0.64$.
 ''')
@@ -624,8 +647,8 @@ print(f"Var(RMSNorm(x)) measured {measured:.4f}, predicted from the sample {pred
 assert abs(measured - predicted) < 1e-12
 
 ms_small = torch.tensor([1e-7, 1e-5, 1e-3, 1.0], dtype=torch.float64)
-rms_out = torch.stack([nl.rms_norm(torch.full((512,), math.sqrt(float(m)), dtype=torch.float64)).pow(2).mean().sqrt()
-                       for m in ms_small])
+constant = [torch.full((512,), math.sqrt(float(m)), dtype=torch.float64) for m in ms_small]
+rms_out = torch.stack([nl.rms_norm(v).pow(2).mean().sqrt() for v in constant])
 torch.testing.assert_close(rms_out, (ms_small / (ms_small + 1e-5)).sqrt())
 glue("var_measured", measured, display=False)
 glue("rms_out_at_eps", float(rms_out[1]), display=False)
@@ -688,7 +711,7 @@ def rmsnorm_loss(xv, gv, uv, e):
     return (uv * torch.func.functional_call(norm, {"weight": gv}, (xv,))).sum()
 
 err_correct = check_gradient(grad_correct, [x, gam, u, eps], rmsnorm_loss, wrt=0)
-print(f"boxed formula vs autograd through minimind_ref RMSNorm: max |difference| = {err_correct:.1e}")
+print(f"boxed formula vs autograd (minimind_ref RMSNorm): max |diff| = {err_correct:.1e}")
 err_dgamma = check_gradient(u.multiply_elementwise(xhat), [x, gam, u, eps], rmsnorm_loss, wrt=1)
 print(f"dL/dgamma = u * xhat vs autograd: max |difference| = {err_dgamma:.1e}")
 try:
@@ -803,10 +826,12 @@ code('''
 alpha = sp.Symbol("alpha", positive=True)
 xhat_noeps = x / sp.sqrt(ms)
 scaled = xhat_noeps.subs({xi: alpha * xi for xi in x}, simultaneous=True)
-assert (scaled - xhat_noeps).applyfunc(sp.simplify) == sp.zeros(D, 1)           # RMSNorm(a x) = RMSNorm(x)
+# RMSNorm(a x) = RMSNorm(x)
+assert (scaled - xhat_noeps).applyfunc(sp.simplify) == sp.zeros(D, 1)
+# J(a x) = J(x) / a
 J0 = xhat_noeps.jacobian(x)
-assert (J0.subs({xi: alpha * xi for xi in x}, simultaneous=True) - J0 / alpha).applyfunc(sp.simplify) \\
-    == sp.zeros(D, D)                                                              # J(a x) = J(x) / a
+J0_scaled = J0.subs({xi: alpha * xi for xi in x}, simultaneous=True)
+assert (J0_scaled - J0 / alpha).applyfunc(sp.simplify) == sp.zeros(D, D)
 
 # numerically, through minimind_ref's module, for a weight matrix rescaled by alpha
 g = torch.Generator().manual_seed(2)
@@ -889,8 +914,9 @@ with torch.no_grad():
 xb = torch.randn(4, 64, dim)
 torch.testing.assert_close(ours(xb), theirs(xb))
 torch.testing.assert_close(ours(xb), rmsnorm_from_scratch(xb, w, 1e-5))
-torch.testing.assert_close(ours.double()(xb.double()), F.rms_norm(xb.double(), (dim,), w.double(), 1e-5))
-print("minimind_ref RMSNorm == torch.nn.RMSNorm == F.rms_norm == from scratch (float32 and float64)")
+xd = xb.double()
+torch.testing.assert_close(ours.double()(xd), F.rms_norm(xd, (dim,), w.double(), 1e-5))
+print("minimind_ref RMSNorm == torch.nn.RMSNorm == F.rms_norm == from scratch")
 ''')
 
 md(r'''
@@ -913,7 +939,7 @@ print("float32 module, bfloat16 input ->", norm_fp32(x_bf16).dtype)
 print("bfloat16 module, bfloat16 input ->", norm_bf16(x_bf16).dtype)
 with torch.autocast("cpu", dtype=torch.bfloat16):
     print("float32 module under autocast   ->", norm_fp32(x_bf16).dtype)
-with warnings.catch_warnings():   # PyTorch warns that it cannot use its fused kernel for mixed dtypes
+with warnings.catch_warnings():   # PyTorch warns: no fused kernel for mixed dtypes
     warnings.simplefilter("ignore")
     print("torch.nn.RMSNorm (float32), bfloat16 input ->", torch.nn.RMSNorm(dim)(x_bf16).dtype)
 assert norm_fp32(x_bf16).dtype == torch.float32 and norm_bf16(x_bf16).dtype == torch.bfloat16
@@ -927,8 +953,8 @@ to cast, so autocast does not change this. PyTorch's own `torch.nn.RMSNorm` make
 returns the input's dtype (warning that it cannot use its fused kernel for mixed dtypes): two
 implementations of "the same" layer can differ in the dtype they hand to the next layer.
 
-**2. Float16 overflow of the square.** Float16 represents numbers up to 65,504. The statistic squares
-every component, and $256^2=65{,}536$ is already beyond that, so a single component of magnitude 256 or
+**2. Float16 overflow of the square.** Float16 represents numbers up to {glue:text}`fp16_max:.0f`.
+The statistic squares every component, and $256^2=65{,}536$ is already beyond that, so a single component of magnitude 256 or
 more makes the mean square infinite, and the normalised output collapses to zero:
 ''')
 
@@ -937,9 +963,10 @@ fp16, bf16 = torch.finfo(torch.float16), torch.finfo(torch.bfloat16)
 v = torch.tensor([255.0, 255.875, 256.0, 300.0], dtype=torch.float16)
 print("float16 squares:", v.pow(2).tolist())
 assert torch.isfinite(v[:2].pow(2)).all() and torch.isinf(v[2:].pow(2)).all()
-print("bfloat16 300^2 =", torch.tensor(300.0, dtype=torch.bfloat16).pow(2).item(), " (no overflow)")
+print("bfloat16 300^2 =", torch.tensor(300.0, dtype=torch.bfloat16).pow(2).item())
 
-x_big = torch.randn(dim, generator=torch.Generator().manual_seed(0)).mul(100).half()   # a few |x_i| > 256
+g = torch.Generator().manual_seed(0)
+x_big = torch.randn(dim, generator=g).mul(100).half()      # a few components beyond 256
 print(f"largest |x_i| = {float(x_big.abs().max()):.0f}")
 naive = nl.naive_rms_norm(x_big)                      # statistics in float16
 safe = RMSNorm(dim).half()(x_big)                     # minimind_ref: statistics in float32
@@ -976,12 +1003,14 @@ Welford's update) does not cancel catastrophically. The next cell shows the diff
 ''')
 
 code('''
-xc = 1e4 + torch.randn(4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+g = torch.Generator().manual_seed(0)
+xc = 1e4 + torch.randn(4096, generator=g, dtype=torch.float64)
 true_var = float(xc.var(unbiased=False))
 x32 = xc.float()
 one_pass = float(x32.pow(2).mean() - x32.mean() ** 2)
 two_pass = float((x32 - x32.mean()).pow(2).mean())
-print(f"variance of 1e4 + N(0,1) in float32: exact {true_var:.4f}, two-pass {two_pass:.4f}, one-pass {one_pass:.4f}")
+print(f"variance of 1e4 + N(0,1) in float32: exact {true_var:.4f}, "
+      f"two-pass {two_pass:.4f}, one-pass {one_pass:.4f}")
 assert abs(two_pass - true_var) < 1e-2 * true_var < abs(one_pass - true_var)
 ''')
 
@@ -989,12 +1018,12 @@ md(r'''
 The explorer below makes the dtype story visible. It normalises a fixed 512-component vector scaled so
 that its largest component has a given magnitude, in float32, bfloat16 and float16, and plots the
 largest error of the output against an exact float64 computation of the same (rounded) input. In the
-left panel the statistics are computed in the input's own dtype; in the right panel as
+top panel the statistics are computed in the input's own dtype; in the bottom panel as
 `minimind_ref` computes them, in float32. Look for three things: float16's error jumps to the size
-of the output itself at $|x_i|=256$ on the left and not on the right; bfloat16's error, around $10^{-2}$,
-is the same in both panels (it is the rounding of the output, which no statistic can fix); and every curve
-rises at the far left, where the input's mean square falls below $\varepsilon$ and float16 inputs
-underflow. Open the chapter on Colab to change $\varepsilon$ and the dimension.
+of the output itself at $|x_i|=256$ in the top panel and not in the bottom one; bfloat16's error, around $10^{-2}$,
+is the same in both panels (it is the rounding of the output, which no statistic can fix); and float32
+stays far below both everywhere. Open the chapter on Colab to change $\varepsilon$ (try $10^{-2}$ and
+watch the small inputs) and the dimension.
 ''')
 
 code('''
@@ -1004,7 +1033,7 @@ explorer_dtypes = explore(
              "eps": ("log", -8, -2), "dim": (64, 2048, 64)},
     static=[dict(statistics="input dtype (naive)", eps=1e-5, dim=512),
             dict(statistics="float32 (minimind_ref)", eps=1e-5, dim=512)],
-    title="RMSNorm output error by dtype as the input grows", figsize=(11, 4.2))
+    title="RMSNorm output error by dtype as the input grows", ncols=1, figsize=(6.5, 7.4))
 ''')
 
 # =====================================================================================  6 Performance
@@ -1064,12 +1093,14 @@ print(f"copy bandwidth on {device_name()}: {bw / 1e9:.1f} GB/s")
 glue("bw_gbs", bw / 1e9, display=False)
 glue("perf_device", device_name(), display=False)
 
-# torch.compile fuses the module into one kernel, but compiling takes tens of seconds on a CPU,
-# beyond this chapter's budget: it runs on CUDA, or when MINIMIND_COMPILE=1 is set.
+# torch.compile fuses the module into one kernel, but compiling takes tens of seconds
+# on a CPU, beyond this chapter's budget: it runs on CUDA, or with MINIMIND_COMPILE=1.
 COMPILE = PERF_DEVICE == "cuda" or os.environ.get("MINIMIND_COMPILE") == "1"
 if not COMPILE:
     print("torch.compile skipped on CPU (set MINIMIND_COMPILE=1 to include it)")
+''')
 
+code('''
 def layernorm_written_out(x, w, b, eps=1e-5):
     mu = x.mean(-1, keepdim=True)
     var = (x - mu).pow(2).mean(-1, keepdim=True)
@@ -1096,7 +1127,7 @@ for shape in shapes:
 ''')
 
 code('''
-fig, ax = subplots(1, 1, width=9, height=4.2)
+fig, ax = subplots(1, 1, width=7.5, height=4.4)
 names = list(timings[shapes[0]].medians)
 colors = [COLORS["layernorm"], COLORS["rmsnorm"], "#E69F00", "#56B4E9", "#CC79A7"]
 width = 0.8 / len(names)
@@ -1108,7 +1139,8 @@ ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(shapes))],
 ax.axhline(1.0, color="#444444", linewidth=1)
 ax.set_yscale("log")
 label(ax, f"Normalisation time relative to F.layer_norm, on {PERF_DEVICE}", "tensor shape",
-      "time / time of F.layer_norm (log)", legend=True)
+      "time / time of F.layer_norm (log)")
+ax.legend(fontsize=8, loc="upper left")
 plt.show()
 ''', "hide-input")
 
@@ -1127,14 +1159,15 @@ glue("ratio_lnw_ln_mid", t_mid.ratio("LayerNorm written out (eager)"), display=F
 glue("saving_pct_mid", 100 * (1 - t_mid.ratio("F.rms_norm")), display=False)
 n_big = math.prod(big)
 for name in ("F.layer_norm", "F.rms_norm", "RMSNorm module (eager)"):
-    achieved = 8 * n_big / t_big.medians[name]          # counting the fused minimum of 8 bytes/element
-    print(f"{name:24s} at {big}: {t_big.medians[name] * 1e3:7.2f} ms, "
-          f"{achieved / 1e9:6.1f} GB/s of useful traffic = {achieved / bw:.0%} of the copy bandwidth")
+    achieved = 8 * n_big / t_big.medians[name]    # the fused minimum: 8 bytes per element
+    print(f"{name:24s} at {big}: {t_big.medians[name] * 1e3:6.2f} ms, "
+          f"{achieved / 1e9:5.1f} GB/s useful = {achieved / bw:.0%} of copy bandwidth")
 glue("floor_big_ms", 8 * n_big / bw * 1e3, display=False)
 glue("ln_big_ms", t_big.medians["F.layer_norm"] * 1e3, display=False)
 glue("ln_big_frac", 100 * 8 * n_big / t_big.medians["F.layer_norm"] / bw, display=False)
 if COMPILE:
-    print("compiled module / F.rms_norm at", mid, f"{t_mid.ratio('RMSNorm module (compiled)', 'F.rms_norm'):.2f}")
+    r_comp = t_mid.ratio("RMSNorm module (compiled)", "F.rms_norm")
+    print(f"compiled module / F.rms_norm at {mid}: {r_comp:.2f}")
 ''')
 
 md(r'''
@@ -1143,8 +1176,8 @@ count in mind.
 
 - **The fused kernels.** `F.rms_norm` took between {glue:text}`ratio_rms_ln_min:.2f` and
   {glue:text}`ratio_rms_ln_max:.2f` times the time of `F.layer_norm` over the three shapes (at hidden
-  1024, sequence 512, a ratio of {glue:text}`ratio_rms_ln_mid:.2f`, i.e. a saving of
-  {glue:text}`saving_pct_mid:.0f`%, where a negative saving means RMSNorm was slower). A ratio below 1
+  1024, sequence 512, a ratio of {glue:text}`ratio_rms_ln_mid:.2f`: RMSNorm's time saving there was
+  {glue:text}`saving_pct_mid:.0f`%, a negative saving meaning that it was slower). A ratio below 1
   would be the advertised speed-up; a ratio above 1 means the two operations are *not* implemented with
   the same care on this device. Both must move the same 8 bytes per element, so any large difference
   between them is a difference of kernels, not of mathematics. In the PyTorch version this book was
@@ -1216,14 +1249,16 @@ torch.manual_seed(0)
 big_model = MiniMindForCausalLM(MiniMindConfig())           # the default MiniMind, untrained
 ids_big = torch.randint(0, 6400, (2, 64), generator=torch.Generator().manual_seed(0))
 stats_big = norm_input_stats(big_model, ids_big)
-print(f"default MiniMind: {sum(p.numel() for p in big_model.parameters()) / 1e6:.1f} M parameters")
+n_params = sum(p.numel() for p in big_model.parameters())
+print(f"default MiniMind: {n_params / 1e6:.1f} M parameters")
 del big_model
 ''')
 
 code('''
 VOCAB = 64
 gen = torch.Generator().manual_seed(0)
-transition = torch.softmax(3 * torch.randn(VOCAB, VOCAB, generator=gen), -1)   # a random Markov chain
+# a random Markov chain over VOCAB symbols: row i = next-symbol probabilities
+transition = torch.softmax(3 * torch.randn(VOCAB, VOCAB, generator=gen), -1)
 
 def markov_batch(batch=16, seq=64):
     ids = torch.empty(batch, seq, dtype=torch.long)
@@ -1233,8 +1268,8 @@ def markov_batch(batch=16, seq=64):
     return ids
 
 torch.manual_seed(0)
-small_cfg = MiniMindConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                           vocab_size=VOCAB, max_position_embeddings=128)
+small_cfg = MiniMindConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128)
 small = MiniMindForCausalLM(small_cfg)
 probe = markov_batch(4, 64)
 stats_small_init = norm_input_stats(small, probe)
@@ -1262,18 +1297,19 @@ def summary(stats):
     peak_ratio = torch.cat([v[1] for v in stats.values()])
     return mean_ratio, peak_ratio
 
-fig, axes = subplots(1, 2, width=10.5, height=3.8)
-ax1, ax2 = axes[0]
+fig, axes = subplots(2, 1, width=6.5, height=7.0)
+ax1, ax2 = axes[0, 0], axes[1, 0]
 runs = {"default MiniMind, untrained": stats_big, "small MiniMind, untrained": stats_small_init,
         "small MiniMind, 60 steps": stats_small_trained}
 run_colors = [COLORS["input"], COLORS["layernorm"], COLORS["rmsnorm"]]
 for (name, st), col in zip(runs.items(), run_colors):
     names = list(st)
-    ax1.plot(range(len(names)), [float(st[n][0].median()) for n in names], "o-", color=col, label=name)
-    ax2.plot(range(len(names)), [float(st[n][1].median()) for n in names], "o-", color=col, label=name)
-label(ax1, "How large is the mean?", "norm index (2 per block, then final)", "median |mean| / RMS per token",
-      legend=True)
-label(ax2, "How peaked is the hidden state?", "norm index (2 per block, then final)",
+    idx = range(len(names))
+    ax1.plot(idx, [float(st[n][0].median()) for n in names], "o-", color=col, label=name)
+    ax2.plot(idx, [float(st[n][1].median()) for n in names], "o-", color=col, label=name)
+label(ax1, "How large is the mean?", "norm index (2 per block, then the final norm)",
+      "median |mean| / RMS per token", legend=True)
+label(ax2, "How peaked is the hidden state?", "norm index (2 per block, then the final norm)",
       "median max|x_i| / RMS per token", legend=True)
 plt.show()
 
@@ -1339,7 +1375,8 @@ float16's smallest normal number (about $6.1\times10^{-5}$), another reason to a
 
 code('''
 eps16 = float(torch.tensor(1e-5, dtype=torch.float16))
-print(f"1e-5 stored in float16: {eps16:.6e} (smallest normal float16: {torch.finfo(torch.float16).tiny:.2e})")
+tiny16 = torch.finfo(torch.float16).tiny
+print(f"1e-5 stored in float16: {eps16:.6e} (smallest normal float16: {tiny16:.2e})")
 emb_rms = float(small.model.embed_tokens.weight.detach().pow(2).mean().sqrt())
 print(f"small MiniMind's embedding RMS after training: {emb_rms:.3f}")
 ''')
@@ -1375,8 +1412,8 @@ full = nl.rms_norm(gauss, 0.0)
 partial = nl.prms_norm(gauss, p=0.0625, eps=0.0)
 scale_err_gauss = (partial / full)[:, 0].sub(1).abs()   # ratio of the two scales, per vector
 theory = 0.6745 / math.sqrt(2 * 32)   # median of |N(0, 1/(2k))|, see Exercise 4
-print(f"Gaussian, D=512, k=32: median relative error of the RMS estimate {scale_err_gauss.median():.3f}, "
-      f"theory 0.6745/sqrt(2k) = {theory:.3f}")
+print(f"Gaussian, D=512, k=32: median relative error of the RMS estimate "
+      f"{scale_err_gauss.median():.3f}, theory 0.6745/sqrt(2k) = {theory:.3f}")
 assert abs(float(scale_err_gauss.median()) - theory) < 0.01
 hidden = []
 hook = small.model.layers[-1].post_attention_layernorm.register_forward_pre_hook(
@@ -1386,7 +1423,8 @@ with torch.no_grad():
 hook.remove()
 h = hidden[0]
 scale_err_h = (nl.prms_norm(h, 0.0625, 0.0) / nl.rms_norm(h, 0.0))[:, 0].sub(1).abs()
-print(f"small MiniMind hidden states, D=128, k=8: median relative error {scale_err_h.median():.3f}")
+print(f"small MiniMind hidden states, D=128, k=8: median relative error "
+      f"{scale_err_h.median():.3f}")
 glue("prms_err_gauss", float(scale_err_gauss.median()) * 100, display=False)
 glue("prms_err_hidden", float(scale_err_h.median()) * 100, display=False)
 ''')
@@ -1498,7 +1536,8 @@ xw = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
 mu_w, var_w, rms_w = xw.mean(), xw.var(unbiased=False), xw.pow(2).mean().sqrt()
 assert torch.isclose(rms_w ** 2, var_w + mu_w ** 2)
 torch.testing.assert_close(nl.rms_norm(xw, 0.0), xw / math.sqrt(7.5))
-torch.testing.assert_close(nl.rms_norm(xw, 0.0).var(unbiased=False), torch.tensor(1 / 6, dtype=torch.float64))
+torch.testing.assert_close(nl.rms_norm(xw, 0.0).var(unbiased=False),
+                           torch.tensor(1 / 6, dtype=torch.float64))
 torch.testing.assert_close(F.layer_norm(xw, (4,), eps=0.0), (xw - 2.5) / math.sqrt(1.25))
 print(nl.rms_norm(xw, 0.0), F.layer_norm(xw, (4,), eps=0.0))
 ''')
@@ -1559,7 +1598,8 @@ vals = bits.view(torch.float16)
 sq = vals.pow(2)
 first_inf = int(torch.isinf(sq).nonzero()[0])
 smallest, largest_ok = float(vals[first_inf]), float(vals[first_inf - 1])
-print(f"smallest float16 whose square overflows: {smallest}, largest with a finite square: {largest_ok}")
+print(f"smallest float16 whose square overflows: {smallest}; "
+      f"largest with a finite square: {largest_ok}")
 assert smallest == 256.0 and largest_ok == 255.875
 print(f"bfloat16 threshold ~ {math.sqrt(torch.finfo(torch.bfloat16).max):.3g}")
 ''')
@@ -1594,7 +1634,8 @@ g = torch.Generator().manual_seed(4)
 for k in (8, 32, 128):
     sample = torch.randn(200_000, k, generator=g, dtype=torch.float64)
     rel_std = float(sample.pow(2).mean(-1).sqrt().std())      # s = 1, so this is relative
-    print(f"k = {k:3d}: relative std of the RMS estimate {rel_std:.4f}, 1/sqrt(2k) = {1 / math.sqrt(2 * k):.4f}")
+    theory = 1 / math.sqrt(2 * k)
+    print(f"k = {k:3d}: relative std of the RMS estimate {rel_std:.4f}, 1/sqrt(2k) = {theory:.4f}")
     assert abs(rel_std * math.sqrt(2 * k) - 1) < 0.05
 ''')
 
@@ -1623,8 +1664,8 @@ into, and the linear layer after the norm can use the mean direction itself.
 
 code('''
 torch.manual_seed(5)
-cfg_fold = MiniMindConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                          vocab_size=97, max_position_embeddings=64)
+cfg_fold = MiniMindConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
 block = MiniMindBlock(0, cfg_fold).double()
 with torch.no_grad():
     block.input_layernorm.weight.copy_(1 + 0.5 * torch.randn(64, dtype=torch.float64))
@@ -1680,7 +1721,8 @@ def train_variant(use_layernorm, steps=40, seed=0):
         ids = torch.empty(16, 64, dtype=torch.long)
         ids[:, 0] = torch.randint(0, VOCAB, (16,), generator=data_gen)
         for t in range(1, 64):
-            ids[:, t] = torch.multinomial(transition[ids[:, t - 1]], 1, generator=data_gen).squeeze(1)
+            probs = transition[ids[:, t - 1]]
+            ids[:, t] = torch.multinomial(probs, 1, generator=data_gen).squeeze(1)
         loss = model(ids, labels=ids).loss
         optim.zero_grad()
         loss.backward()

@@ -36,11 +36,11 @@ class Timing:
         return {k: self.ratio(k) for k in self.medians}
 
     def __str__(self) -> str:
-        lines = [f"{self.label or 'timing'} on {self.device} (median of blocked runs; ratio to {self.baseline})"]
+        lines = [f"{self.label or 'timing'} on {self.device}: median, ratio to {self.baseline}"]
         width = max(len(k) for k in self.medians)
         for k, t in self.medians.items():
             iqr = self.iqrs[k] * 1e6
-            lines.append(f"  {k:<{width}}  {t * 1e6:10.1f} us  (IQR {iqr:7.1f} us)  x{self.ratio(k):.2f}")
+            lines.append(f"  {k:<{width}} {t * 1e6:9.1f} us (IQR {iqr:6.1f})  x{self.ratio(k):.2f}")
         return "\n".join(lines)
 
 
