@@ -146,6 +146,13 @@ class Attention(nn.Module):
     def _sdpa(self, q, k, v, attn_mask):
         is_causal = attn_mask is None and q.shape[2] > 1
         dropout_p = self.dropout if self.training else 0.0
+        bsz, n_heads, q_len, head_dim = q.shape
+        if q_len == 1 and self.n_rep > 1:
+            # decoding, one query per head: the n_rep query heads that share a KV head become n_rep queries
+            # of that KV head, so each cached key and value is read once per KV head, not once per query head
+            out = F.scaled_dot_product_attention(q.view(bsz, self.n_kv_heads, self.n_rep, head_dim), k, v,
+                                                 attn_mask=attn_mask, dropout_p=dropout_p)  # mask (B|1, 1, 1, S)
+            return out.view(bsz, n_heads, 1, head_dim)
         if _SDPA_GQA and self.n_rep > 1:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                                   is_causal=is_causal, enable_gqa=True)
