@@ -451,9 +451,10 @@ in the definition of the variance gives
 
 $$
 \begin{aligned}
-\sigma^2&=\frac1D\sum_i (x_i-\mu)^2=\frac1D\sum_i x_i^2-2\mu\cdot\frac1D\sum_i x_i+\mu^2
-=\frac1D\sum_i x_i^2-\mu^2,\\
-\text{so}\quad \mathrm{RMS}^2&=\sigma^2+\mu^2
+\sigma^2&=\frac1D\sum_i (x_i-\mu)^2\\
+&=\frac1D\sum_i x_i^2-2\mu\cdot\frac1D\sum_i x_i+\mu^2\\
+&=\frac1D\sum_i x_i^2-\mu^2,
+\qquad\text{so}\qquad \mathrm{RMS}^2=\sigma^2+\mu^2
 \end{aligned}
 $$
 
@@ -954,8 +955,8 @@ returns the input's dtype (warning that it cannot use its fused kernel for mixed
 implementations of "the same" layer can differ in the dtype they hand to the next layer.
 
 **2. Float16 overflow of the square.** Float16 represents numbers up to {glue:text}`fp16_max:.0f`.
-The statistic squares every component, and $256^2=65{,}536$ is already beyond that, so a single component of magnitude 256 or
-more makes the mean square infinite, and the normalised output collapses to zero:
+The statistic squares every component, and $256^2=65{,}536$ is already beyond that, so a single
+component of magnitude 256 or more makes the mean square infinite, and the normalised output collapses to zero:
 ''')
 
 code('''
@@ -1064,9 +1065,9 @@ implementation, not on the formula. Per element of a float32 tensor ($b=4$ bytes
 
 | implementation | passes over the data | bytes per element |
 |---|---|---|
-| fused LayerNorm (one kernel: statistics, then normalise from cache) | read $x$, write $y$ | $2b=8$ |
+| fused LayerNorm (one kernel: statistics, then normalise) | read $x$, write $y$ | $2b=8$ |
 | fused RMSNorm (one kernel) | read $x$, write $y$ | $2b=8$ |
-| MiniMind's module, eager: `pow`, `mean`, `mul` by `rsqrt`, `mul` by the gain | `pow` reads and writes, `mean` reads, each `mul` reads and writes | $7b=28$ |
+| MiniMind's module, eager (`pow`, `mean`, `mul` by `rsqrt`, `mul` by gain) | 3 reads + writes, 1 read | $7b=28$ |
 
 (The per-row statistics and the $D$ gains are negligible next to the $D$ elements of a row.) A fused
 LayerNorm and a fused RMSNorm move the same bytes; the eager module moves 3.5 times as many, because
@@ -1163,6 +1164,8 @@ for name in ("F.layer_norm", "F.rms_norm", "RMSNorm module (eager)"):
     print(f"{name:24s} at {big}: {t_big.medians[name] * 1e3:6.2f} ms, "
           f"{achieved / 1e9:5.1f} GB/s useful = {achieved / bw:.0%} of copy bandwidth")
 glue("floor_big_ms", 8 * n_big / bw * 1e3, display=False)
+glue("n_big_m", n_big / 1e6, display=False)
+glue("mb_big", 8 * n_big / 1e6, display=False)
 glue("ln_big_ms", t_big.medians["F.layer_norm"] * 1e3, display=False)
 glue("ln_big_frac", 100 * 8 * n_big / t_big.medians["F.layer_norm"] / bw, display=False)
 if COMPILE:
@@ -1192,7 +1195,8 @@ count in mind.
   entirely), so the measured penalty can be smaller. LayerNorm written out the same way
   (seven or eight kernels) suffers more: {glue:text}`ratio_lnw_ln_mid:.1f` times the fused kernel at the
   middle shape. The fusion, not the formula, sets the speed.
-- **The speed limit.** At the largest shape (4.2 million elements, 33.6 MB read and written), the copy
+- **The speed limit.** At the largest shape ({glue:text}`n_big_m:.1f` million elements,
+  {glue:text}`mb_big:.1f` MB read and written), the copy
   bandwidth of {glue:text}`bw_gbs:.1f` GB/s puts a floor of {glue:text}`floor_big_ms:.2f` ms under any
   normalisation; `F.layer_norm` took {glue:text}`ln_big_ms:.2f` ms, that is it ran at
   {glue:text}`ln_big_frac:.0f`% of the bandwidth bound.
@@ -1324,13 +1328,14 @@ glue("mu_rms_trained_max", float(mr_tr.max()), display=False)
 glue("peak_big_median", float(pr_big.median()), display=False)
 glue("peak_trained_median", float(pr_tr.median()), display=False)
 glue("peak_trained_max", float(pr_tr.max()), display=False)
-glue("inv_sqrt_512", 1 / math.sqrt(512), display=False)
+glue("expected_median_512", 0.6745 / math.sqrt(512), display=False)
 ''', )
 
 md(r'''
 In the untrained default MiniMind the mean is small: the median token has $|\mu|/\mathrm{RMS}$ of
-{glue:text}`mu_rms_big_median:.3f` (for a vector of 512 independent random components one expects
-about $\sqrt{2/\pi}/\sqrt{512}\approx 0.035$; the value $1/\sqrt{512}$ is {glue:text}`inv_sqrt_512:.3f`),
+{glue:text}`mu_rms_big_median:.3f` (for a vector of 512 independent zero-mean components the mean is
+normal with standard deviation $\sigma/\sqrt{512}$, so the median of $|\mu|/\sigma$ is
+$0.6745/\sqrt{512}=$ {glue:text}`expected_median_512:.3f`),
 with a largest value of {glue:text}`mu_rms_big_max:.2f`. At initialisation RMS and standard deviation
 are practically the same thing. The small model starts at a median of
 {glue:text}`mu_rms_init_median:.3f` and, after 60 training steps (loss {glue:text}`train_loss_first:.2f`
@@ -1367,8 +1372,9 @@ square $m$ of the input is much larger than $\varepsilon$, and it *shrinks the o
 comparable or smaller, at $m=\varepsilon$ to {glue:text}`rms_out_at_eps:.3f` as computed earlier. Note
 the condition: $\varepsilon\gg m$ (the **mean** of the squares), not $\varepsilon\gg\sum_i x_i^2$, a slip
 some explanations make. MiniMind uses $\varepsilon=10^{-5}$ (LLaMA uses $10^{-5}$ or $10^{-6}$); its
-hidden states have mean squares far above that (the tied token embeddings start with an RMS of about
-0.05, a mean square of about $2.5\times10^{-3}$). Too large an $\varepsilon$ would defeat the normalisation
+hidden states have mean squares far above that (the small model's token embeddings, its quietest
+hidden states, start with a mean square of {glue:text}`emb_ms_init:.1e` and end the short training at
+{glue:text}`emb_ms_trained:.1e`). Too large an $\varepsilon$ would defeat the normalisation
 for quiet tokens; too small buys nothing. In float16 there is a further catch: $10^{-5}$ is below
 float16's smallest normal number (about $6.1\times10^{-5}$), another reason to add $\varepsilon$ in float32.
 ''')
@@ -1377,8 +1383,12 @@ code('''
 eps16 = float(torch.tensor(1e-5, dtype=torch.float16))
 tiny16 = torch.finfo(torch.float16).tiny
 print(f"1e-5 stored in float16: {eps16:.6e} (smallest normal float16: {tiny16:.2e})")
-emb_rms = float(small.model.embed_tokens.weight.detach().pow(2).mean().sqrt())
-print(f"small MiniMind's embedding RMS after training: {emb_rms:.3f}")
+emb_ms = float(small.model.embed_tokens.weight.detach().pow(2).mean())
+emb_ms_init = float(MiniMindForCausalLM(small_cfg).model.embed_tokens.weight.detach().pow(2).mean())
+print(f"small MiniMind's embedding mean square: {emb_ms_init:.1e} at init, {emb_ms:.1e} trained")
+assert emb_ms_init > 100 * 1e-5 and emb_ms > 100 * 1e-5     # far above MiniMind's eps
+glue("emb_ms_init", emb_ms_init, display=False)
+glue("emb_ms_trained", emb_ms, display=False)
 ''')
 
 md(r'''
