@@ -885,9 +885,9 @@ Read it against the formula $y=\gamma\odot x/\sqrt{\frac1D\sum_ix_i^2+\varepsilo
 - **`+ self.eps` inside `torch.rsqrt(...)`**: $\varepsilon$ is added to the mean square *inside* the root,
   as in the formula, so a zero vector gives $0\cdot\varepsilon^{-1/2}=0$ rather than a division by zero.
 - **`torch.rsqrt`** computes $1/\sqrt{\cdot}$ in one operation. In eager PyTorch that is one kernel
-  instead of two (`sqrt`, then a division). It is not "more numerically stable": `rsqrt` is correctly
-  rounded to within an ulp or so, like `1/sqrt`, and on GPUs the fast hardware instruction is an
-  approximation. For a memory-bound operation the difference in arithmetic is irrelevant; the number of
+  instead of two (`sqrt`, then a division). It is not "more numerically stable": PyTorch's `rsqrt` is
+  about as accurate as `1/sqrt` (within an ulp or so), and the fast GPU hardware instruction behind
+  it is an approximation. For a memory-bound operation the difference in arithmetic is irrelevant; the number of
   passes over memory is what counts (see Performance).
 - **The cast before `_norm` and `.type_as(x)` after it**: the statistics are computed in at least
   float32 (a float16 or bfloat16 input is upcast; float64 stays float64), and the normalised tensor is
