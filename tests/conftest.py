@@ -1,9 +1,17 @@
 """Shared fixtures: small configs that keep the unit suite fast on two CPU cores."""
 
+import os
+
 import pytest
 import torch
 
 from minimind_ref import MiniMindConfig
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two xdist workers on two cores: a second intra-op thread per worker only oversubscribes the CPU
+    # (OpenMP threads spin-wait on each other; seen here as a 10x slow-down under load)
+    torch.set_num_threads(1)
 
 
 def tiny_config(**overrides) -> MiniMindConfig:
