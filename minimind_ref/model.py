@@ -146,9 +146,10 @@ class MiniMindForCausalLM(nn.Module):
         logits = self.lm_head(h[:, keep, :])
         loss = None
         if labels is not None:
-            # position t predicts token t+1; -100 marks positions that do not count
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                   labels[:, 1:].reshape(-1), ignore_index=-100)
+            # position t predicts token t+1; -100 marks positions that do not count. The labels are shifted,
+            # not the logits: slicing (B, T, vocab) logits would copy them, and their gradient, once more
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): the last position predicts nothing
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux_loss, past_key_values=cache)
 
     # ------------------------------------------------------------------ generation
