@@ -47,7 +47,7 @@ def run(device: torch.device, quick: bool = False) -> tuple[list[Row], dict]:
     }
     print(f"  MoE inference, {bsz} x {seq_len} tokens, tokens per expert {counts}", flush=True)
     with torch.inference_mode():
-        cmp = interleaved(fns, rounds=5 if quick else 11, number=3)
+        cmp = interleaved(fns, rounds=5 if quick else 7, number=3)
         # the per-token loop is too slow for 2048 tokens: one sequence of 256, against ours on the same tokens
         loop = interleaved({"per-token loop": lambda: per_token_moe(moe, x1), "minimind_ref MoE": lambda: moe(x1)},
                            rounds=2 if quick else 3)
@@ -98,7 +98,7 @@ def run(device: torch.device, quick: bool = False) -> tuple[list[Row], dict]:
         torch.testing.assert_close(p.grad, ref[k], rtol=1e-4, atol=1e-5)
     fns = {"minimind_ref MoE": train_ours, floor: train_floor, "upstream mask-per-expert (repeat_interleave)": train_up}
     print("  MoE training (forward + backward)", flush=True)
-    cmp = interleaved(fns, rounds=5 if quick else 11)
+    cmp = interleaved(fns, rounds=5 if quick else 7)
     loop = interleaved({"per-token loop": train_loop, "minimind_ref MoE": train_ours_1}, rounds=1 if quick else 2)
     rows += [cmp.row("moe-train", "minimind_ref MoE", floor, TARGET_TRAIN),
              cmp.row("moe-train", "upstream mask-per-expert (repeat_interleave)", floor),

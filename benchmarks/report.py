@@ -32,6 +32,11 @@ def _fmt_time(s: float) -> str:
     return f"{s * 1e6:.1f} us"
 
 
+def _load(env: dict) -> str:
+    load = env.get("load_average_at_start")
+    return "n/a" if load is None else ", ".join(f"{x:.2f}" for x in load)
+
+
 def markdown(rows: list[Row], env: dict, info: dict, started: str, wall: float) -> str:
     lines = [
         f"# Benchmark results: {env['device_name']}",
@@ -40,13 +45,21 @@ def markdown(rows: list[Row], env: dict, info: dict, started: str, wall: float) 
         f"- device: {env['device']} ({env['device_name']}), {env['threads']} torch threads, "
         f"{env['cpu_count']} logical CPUs",
         f"- torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}",
-        f"- load average at start: {env.get('load_average_at_start', 'n/a')} (a shared machine: read the ratios)",
-        f"- whole run: {wall:.0f} s; command: `{info.get('command', 'python -m benchmarks')}`",
+        f"- load average at start (1, 5, 15 min): {_load(env)} (a shared machine: read the ratios)",
+        f"- whole run: {wall:.0f} s; command: `{info.get('command', 'python -m benchmarks').strip()}`",
         "",
         "Times are medians over interleaved rounds; a ratio is the median over rounds of the same-round ratio "
         "to the baseline named in its row (below 1: faster than the baseline).",
         "",
     ]
+    targets = [r for r in rows if r.target]
+    if targets:
+        lines += ["## Targets", "", "| benchmark | candidate | ratio | to | target | met |",
+                  "|---|---|---:|---|---|---|"]
+        for r in targets:
+            lines.append(f"| {r.bench} | {r.name} | {r.ratio:.3f} | {r.baseline} | {r.target} | "
+                         f"{'yes' if r.met else '**no**'} |")
+        lines.append("")
     for bench, title in TITLES.items():
         these = [r for r in rows if r.bench == bench]
         if not these:
@@ -58,12 +71,6 @@ def markdown(rows: list[Row], env: dict, info: dict, started: str, wall: float) 
             met = "" if r.met is None else ("yes" if r.met else "**no**")
             lines.append(f"| {r.name} | {_fmt_time(r.seconds)} | {ratio} | {r.baseline or ''} | {r.target or ''} "
                          f"| {met} | {r.note} |")
-        lines.append("")
-    targets = [r for r in rows if r.target]
-    if targets:
-        lines += ["## Targets", "", "| benchmark | candidate | ratio | target | met |", "|---|---|---:|---|---|"]
-        for r in targets:
-            lines.append(f"| {r.bench} | {r.name} | {r.ratio:.3f} | {r.target} | {'yes' if r.met else '**no**'} |")
         lines.append("")
     return "\n".join(lines)
 
