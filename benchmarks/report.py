@@ -54,7 +54,7 @@ def markdown(rows: list[Row], env: dict, info: dict, started: str, wall: float) 
     ]
     targets = [r for r in rows if r.target]
     if targets:
-        lines += ["## Targets", "", "| benchmark | candidate | ratio | to | target | met |",
+        lines += ["### Targets", "", "| benchmark | candidate | ratio | to | target | met |",
                   "|---|---|---:|---|---|---|"]
         for r in targets:
             lines.append(f"| {r.bench} | {r.name} | {r.ratio:.3f} | {r.baseline} | {r.target} | "
@@ -64,7 +64,7 @@ def markdown(rows: list[Row], env: dict, info: dict, started: str, wall: float) 
         these = [r for r in rows if r.bench == bench]
         if not these:
             continue
-        lines += [f"## {title}", "", "| candidate | median time | ratio | to | target | met | note |",
+        lines += [f"### {title}", "", "| candidate | median time | ratio | to | target | met | note |",
                   "|---|---:|---:|---|---|---|---|"]
         for r in these:
             ratio = "" if r.ratio is None else f"{r.ratio:.3f}"
@@ -83,3 +83,21 @@ def write(rows: list[Row], env: dict, info: dict, started: str, wall: float, out
                "rows": [r.to_dict() for r in rows]}
     (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return md
+
+
+def rewrite(json_path: Path) -> Path:
+    """Regenerate the Markdown table from a results JSON file (after a change of the table's layout)."""
+    json_path = Path(json_path)
+    payload = json.loads(json_path.read_text())
+    fields = set(Row.__dataclass_fields__)
+    rows = [Row(**{k: v for k, v in r.items() if k in fields}) for r in payload["rows"]]
+    md = json_path.with_suffix(".md")
+    md.write_text(markdown(rows, payload["environment"], payload["info"], payload["date_utc"], payload["wall_seconds"]))
+    return md
+
+
+if __name__ == "__main__":  # python -m benchmarks.report benchmarks/results/cpu.json
+    import sys
+
+    for arg in sys.argv[1:]:
+        print("rewritten:", rewrite(Path(arg)))
