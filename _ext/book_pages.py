@@ -154,8 +154,10 @@ def _check_offline_assets(app: Sphinx, config) -> None:
     def present(rel: str) -> bool:
         return "://" in rel or any((d / rel).is_file() for d in static_dirs)
 
-    hint = ("run `make assets` (needs npm; see scripts/fetch_assets.py) so that the book works offline; "
-            "falling back to the public CDNs")
+    hint = (
+        "run `make assets` (needs npm; see scripts/fetch_assets.py) so that the book works offline; "
+        "falling back to the public CDNs"
+    )
     if not present(config.mathjax_path):
         logger.warning(f"offline MathJax not found at _static/{config.mathjax_path}: {hint}")
         config.mathjax_path = CDN_MATHJAX

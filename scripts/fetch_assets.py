@@ -35,18 +35,30 @@ PINS = {
         # tex-mml-chtml.js loads, lazily and from paths relative to itself, its fonts
         # (output/chtml/fonts), any TeX extension a page asks for (input/tex/extensions) and what
         # the right-click menu offers (ui, a11y, sre); the SVG and "full" bundles are not needed.
-        [("es5/tex-mml-chtml.js", "mathjax"), ("es5/input/**/*", "mathjax/input"),
-         ("es5/output/chtml/**/*", "mathjax/output/chtml"), ("es5/ui/**/*", "mathjax/ui"),
-         ("es5/a11y/**/*", "mathjax/a11y"), ("es5/sre/**/*", "mathjax/sre"), ("LICENSE", "mathjax")],
+        [
+            ("es5/tex-mml-chtml.js", "mathjax"),
+            ("es5/input/**/*", "mathjax/input"),
+            ("es5/output/chtml/**/*", "mathjax/output/chtml"),
+            ("es5/ui/**/*", "mathjax/ui"),
+            ("es5/a11y/**/*", "mathjax/a11y"),
+            ("es5/sre/**/*", "mathjax/sre"),
+            ("LICENSE", "mathjax"),
+        ],
     ),
     "@jupyter-widgets/html-manager": (
         "1.0.6",  # the release that matches ipywidgets 8.1 (widget protocol 2)
         "sha512-+Mn+Ra8wyIHrYaUpfmf9A3dsLkt/NuwzPQN8sthdxBD35VV5cOJbpmgMhNR27n/rmP3mKyEe0PWCJrtZrXTXDQ==",
         # embed-amd.js defines the manager, @jupyter-widgets/base and /controls for RequireJS;
         # the font files are Font Awesome, used by widget icons
-        [("dist/embed-amd.js", "html-manager"), ("dist/*.woff2", "html-manager"), ("dist/*.woff", "html-manager"),
-         ("dist/*.ttf", "html-manager"), ("dist/*.eot", "html-manager"), ("dist/*.svg", "html-manager"),
-         ("LICENSE", "html-manager")],
+        [
+            ("dist/embed-amd.js", "html-manager"),
+            ("dist/*.woff2", "html-manager"),
+            ("dist/*.woff", "html-manager"),
+            ("dist/*.ttf", "html-manager"),
+            ("dist/*.eot", "html-manager"),
+            ("dist/*.svg", "html-manager"),
+            ("LICENSE", "html-manager"),
+        ],
     ),
     "requirejs": (
         "2.3.8",
@@ -70,8 +82,18 @@ def npm_pack(spec: str, into: Path) -> dict:
             "  Install Node.js and npm (Debian/Ubuntu: `sudo apt-get install npm`; macOS: `brew install node`), "
             "then run `make assets` (or `make book`) again."
         )
-    cmd = [npm, "pack", spec, "--json", "--pack-destination", str(into), "--prefer-offline",
-           "--loglevel=error", "--no-fund", "--no-audit"]
+    cmd = [
+        npm,
+        "pack",
+        spec,
+        "--json",
+        "--pack-destination",
+        str(into),
+        "--prefer-offline",
+        "--loglevel=error",
+        "--no-fund",
+        "--no-audit",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         fail(f"`{' '.join(cmd)}` failed (is the npm registry reachable?):\n{proc.stderr.strip()}")

@@ -101,10 +101,15 @@ def test_notebook_is_valid_nbformat(path):
 @pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
 def test_notebook_committed_without_outputs(path):
     nb = load(path)
-    dirty = [i for i, c in enumerate(nb["cells"])
-             if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
-    assert not dirty, (f"{path.name}: cells {dirty} have outputs or execution counts; "
-                       f"clear them: jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)}")
+    dirty = [
+        i
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
+    assert not dirty, (
+        f"{path.name}: cells {dirty} have outputs or execution counts; "
+        f"clear them: jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)}"
+    )
     assert "widgets" not in nb.get("metadata", {}), f"{path.name}: saved widget state in the metadata; clear it"
 
 
@@ -138,7 +143,8 @@ def test_first_cell_is_the_setup_cell(path):
     # library until the install has happened
     before_install = source.split("subprocess.run")[0]
     assert "minimind_ref." not in before_install.replace('find_spec("minimind_ref")', ""), (
-        f"{path.name}: the set-up cell uses minimind_ref before installing it")
+        f"{path.name}: the set-up cell uses minimind_ref before installing it"
+    )
 
 
 def test_repository_url_agrees_everywhere():
@@ -188,7 +194,9 @@ def test_bibliography_parses_without_duplicates():
     from pybtex.database import parse_file
 
     keys = bib_keys()
-    assert len(keys) == len(set(keys)), f"duplicate keys in references.bib: {sorted(k for k in keys if keys.count(k) > 1)}"
+    assert len(keys) == len(set(keys)), (
+        f"duplicate keys in references.bib: {sorted(k for k in keys if keys.count(k) > 1)}"
+    )
     data = parse_file(str(ROOT / "references.bib"))
     assert set(data.entries) == set(keys)
     for key, entry in data.entries.items():
@@ -204,11 +212,15 @@ def test_every_citation_exists():
         if path is None:
             continue
         if path.suffix == ".ipynb":
-            texts[path.name] = "\n".join("".join(c["source"]) for c in load(path)["cells"] if c["cell_type"] == "markdown")
+            texts[path.name] = "\n".join(
+                "".join(c["source"]) for c in load(path)["cells"] if c["cell_type"] == "markdown"
+            )
         else:
             texts[path.name] = path.read_text(encoding="utf-8")
-    unknown = {name: sorted({k.strip() for m in CITE.findall(LITERAL.sub("", text)) for k in m.split(",")} - keys)
-               for name, text in texts.items()}
+    unknown = {
+        name: sorted({k.strip() for m in CITE.findall(LITERAL.sub("", text)) for k in m.split(",")} - keys)
+        for name, text in texts.items()
+    }
     unknown = {k: v for k, v in unknown.items() if v}
     assert not unknown, f"cited but not in references.bib: {unknown}"
 

@@ -19,8 +19,9 @@ as a web host such as GitHub Pages would, so an absolute asset path would be cau
 also opened from disk (``file://``), as a reader who runs ``make book`` does.
 
 Screenshots of every page, whole, in tiles of 2400 pixels, in the theme's light and dark modes,
-are saved under ``_build/screenshots/<page>.<mode>.<tile>.png`` as test artefacts (look at them). The browser is driven through the
-DevTools protocol over a pipe (``--remote-debugging-pipe``): no extra Python package and no port.
+are saved under ``_build/screenshots/<page>.<mode>.<tile>.png`` as test artefacts (look at them).
+The browser is driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``): no
+extra Python package and no port.
 
 Run ``make book`` first (``make test`` does); without a build or without ``chromium`` the test is
 skipped with a message saying what to do (and fails instead when ``CI`` is set).
@@ -92,8 +93,11 @@ def offline_wrapper() -> tuple[list[str], list[str], str]:
         if shutil.which("unshare") and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
             return prefix, [], f"`{' '.join(prefix)}` (a network namespace with no interfaces up)"
     # No namespaces (e.g. an unprivileged container): point every connection at a closed port.
-    flags = ["--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-             "--host-resolver-rules=MAP * ~NOTFOUND"]
+    flags = [
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ]
     return [], flags, "proxy to a closed port (unshare unavailable)"
 
 
@@ -108,17 +112,32 @@ class Browser:
         # the child's ends go to fds >= 10 first, so that putting them on 3 and 4 cannot clobber them
         cmd_r, ev_w = (self._above_ten(fd) for fd in (cmd_r, ev_w))
         args = [
-            executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-default-apps", "--disable-extensions", "--disable-dev-shm-usage",
-            "--hide-scrollbars", "--mute-audio", "--remote-debugging-pipe",
-            f"--user-data-dir={self.profile}", f"--window-size={WIDTH},900", *flags, "about:blank",
+            executable,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-default-apps",
+            "--disable-extensions",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--mute-audio",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={self.profile}",
+            f"--window-size={WIDTH},900",
+            *flags,
+            "about:blank",
         ]
         # bash puts the two pipe ends on fds 3 and 4, where chromium expects them
         shell = f'exec "$@" 3<&{cmd_r} 4>&{ev_w} {cmd_r}<&- {ev_w}>&-'
         self.proc = subprocess.Popen(
             [*prefix, "bash", "-c", shell, "bash", *args],
-            pass_fds=(cmd_r, ev_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            pass_fds=(cmd_r, ev_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         os.close(cmd_r)
@@ -214,8 +233,10 @@ class Tab:
         for method in ("Page.enable", "Runtime.enable", "Log.enable"):
             self.call(method)
         self.call("Fetch.enable", {"patterns": [{"urlPattern": "*", "requestStage": "Request"}]})
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def call(self, method, params=None, timeout=30.0):
         return self.b.call(method, params, session=self.session, timeout=timeout)
@@ -244,15 +265,23 @@ class Tab:
             return
         if urlsplit(url).path == "/favicon.ico" and not url.startswith(BASE):
             # the browser's own guess at the host root, not a request the page makes
-            self.b.send("Fetch.failRequest", {"requestId": request_id, "errorReason": "Aborted"},
-                        session=self.session, reply=False)
+            self.b.send(
+                "Fetch.failRequest",
+                {"requestId": request_id, "errorReason": "Aborted"},
+                session=self.session,
+                reply=False,
+            )
             return
         if not url.startswith(BASE):
             self.external.append(url)
-            self.b.send("Fetch.failRequest", {"requestId": request_id, "errorReason": "InternetDisconnected"},
-                        session=self.session, reply=False)
+            self.b.send(
+                "Fetch.failRequest",
+                {"requestId": request_id, "errorReason": "InternetDisconnected"},
+                session=self.session,
+                reply=False,
+            )
             return
-        rel = unquote(urlsplit(url).path[len(urlsplit(BASE).path):]) or "index.html"
+        rel = unquote(urlsplit(url).path[len(urlsplit(BASE).path) :]) or "index.html"
         path = (HTML / rel).resolve()
         if rel.endswith("/"):
             path = path / "index.html"
@@ -262,15 +291,22 @@ class Tab:
         else:
             self.missing.append(rel)
             ctype, body, code = "text/plain", b"not found", 404
-        self.b.send("Fetch.fulfillRequest", {
-            "requestId": request_id, "responseCode": code,
-            "responseHeaders": [{"name": "Content-Type", "value": ctype}],
-            "body": base64.b64encode(body).decode(),
-        }, session=self.session, reply=False)
+        self.b.send(
+            "Fetch.fulfillRequest",
+            {
+                "requestId": request_id,
+                "responseCode": code,
+                "responseHeaders": [{"name": "Content-Type", "value": ctype}],
+                "body": base64.b64encode(body).decode(),
+            },
+            session=self.session,
+            reply=False,
+        )
 
     def evaluate(self, expression: str, timeout: float = 30.0):
-        res = self.call("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
-                                             "returnByValue": True}, timeout=timeout)
+        res = self.call(
+            "Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True}, timeout=timeout
+        )
         if "exceptionDetails" in res:
             raise RuntimeError(f"evaluate failed: {res['exceptionDetails']}")
         return res["result"].get("value")
@@ -285,18 +321,23 @@ class Tab:
         """The whole page, in tiles of TILE pixels: <stem>.01.png, <stem>.02.png, ..."""
         height = int(self.evaluate("Math.ceil(document.documentElement.scrollHeight)"))
         height = min(height, MAX_HEIGHT)
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": WIDTH, "height": min(height, TILE), "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": WIDTH, "height": min(height, TILE), "deviceScaleFactor": 1, "mobile": False},
+        )
         paths = []
         for k, top in enumerate(range(0, height, TILE), start=1):
             clip = {"x": 0, "y": top, "width": WIDTH, "height": min(TILE, height - top), "scale": 1}
-            data = self.call("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True},
-                             timeout=60)["data"]
+            data = self.call(
+                "Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}, timeout=60
+            )["data"]
             path = stem.with_name(f"{stem.name}.{k:02d}.png")
             path.write_bytes(base64.b64decode(data))
             paths.append(path)
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        )
         return paths
 
     def close(self):
@@ -332,20 +373,24 @@ SETTLE_JS = r"""
   await sleep(300);  // let the last layout settle before measuring and screenshots
   const math = document.querySelectorAll("div.math, span.math").length;
   const mjx = document.querySelectorAll("mjx-container").length;
-  const mjxErrors = Array.from(document.querySelectorAll("mjx-merror")).map((e) => e.getAttribute("data-mjx-error") || e.textContent);
+  const mjxErrors = Array.from(document.querySelectorAll("mjx-merror"))
+    .map((e) => e.getAttribute("data-mjx-error") || e.textContent);
   // visible text outside code: no raw TeX delimiters may remain
   const clone = document.body.cloneNode(true);
-  clone.querySelectorAll("pre, code, script, style, textarea, .highlight, mjx-container, .cell_input").forEach((e) => e.remove());
+  clone.querySelectorAll("pre, code, script, style, textarea, .highlight, mjx-container, .cell_input")
+    .forEach((e) => e.remove());
   const text = clone.textContent;
   const raw = ["$$", "\\(", "\\["].filter((d) => text.includes(d)).map((d) => {
     const i = text.indexOf(d); return d + " near: " + JSON.stringify(text.slice(Math.max(0, i - 60), i + 60));
   });
-  const images = Array.from(document.images).map((i) => ({src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0}));
+  const images = Array.from(document.images)
+    .map((i) => ({src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0}));
   const widgetViews = views().map((s, k) => {
     const area = s.previousElementSibling;
     const ok = rendered(s);
     return {k, ok, height: ok ? area.getBoundingClientRect().height : 0,
-            error: ok ? (area.textContent.includes("Error displaying widget") ? area.textContent.slice(0, 200) : "") : "not rendered"};
+            error: !ok ? "not rendered"
+              : area.textContent.includes("Error displaying widget") ? area.textContent.slice(0, 200) : ""};
   });
   const widgetState = document.querySelectorAll('script[type="application/vnd.jupyter.widget-state+json"]').length;
   return {math, mjx, mjxErrors, raw, images, widgetViews, widgetState,
@@ -379,8 +424,9 @@ def browser():
         skip_or_fail("no built book in _build/html: run `make book` first (`make test` builds it)")
     exe = find_chromium()
     if exe is None:
-        skip_or_fail("chromium not found: install it to run the browser test "
-                     "(Debian/Ubuntu: `sudo apt-get install chromium`)")
+        skip_or_fail(
+            "chromium not found: install it to run the browser test (Debian/Ubuntu: `sudo apt-get install chromium`)"
+        )
     SHOTS.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     b = Browser(exe)
@@ -397,7 +443,9 @@ def check_page(page: str, where: str, info: dict, errors: list, external: list, 
     assert not errors, f"{page} ({where}) logged errors in the browser console: {errors}"
     if info["math"]:
         assert info["mathjaxLoaded"], f"{page} ({where}) has {info['math']} math elements but MathJax did not load"
-        assert info["mjx"] >= info["math"], f"{page} ({where}): only {info['mjx']} of {info['math']} math elements typeset"
+        assert info["mjx"] >= info["math"], (
+            f"{page} ({where}): only {info['mjx']} of {info['math']} math elements typeset"
+        )
     assert not info["mjxErrors"], f"{page} ({where}): MathJax could not typeset: {info['mjxErrors']}"
     assert not info["raw"], f"{page} ({where}): raw TeX left in the visible text: {info['raw']}"
     broken = [i["src"] for i in info["images"] if not i["ok"]]
@@ -407,8 +455,10 @@ def check_page(page: str, where: str, info: dict, errors: list, external: list, 
     if info["widgetViews"]:
         assert info["widgetState"] == 1, f"{page} ({where}): widget views but no embedded widget state"
     if notebook_uses_widgets(page):
-        assert info["widgetViews"], (f"{page} ({where}): the notebook uses ipywidgets but the page has no widget "
-                                     "view (was the widget state saved when the book executed it?)")
+        assert info["widgetViews"], (
+            f"{page} ({where}): the notebook uses ipywidgets but the page has no widget "
+            "view (was the widget state saved when the book executed it?)"
+        )
 
 
 def load_and_settle(tab: Tab, url: str) -> dict:
@@ -430,15 +480,19 @@ def test_page_renders_offline(browser, page):
         for old in SHOTS.glob(f"{stem}.*.png"):
             old.unlink()
         tab.screenshot(SHOTS / f"{stem}.light")
-        tab.evaluate("(async () => { document.documentElement.dataset.theme = 'dark';"
-                     " document.documentElement.dataset.mode = 'dark';"
-                     " await new Promise((r) => setTimeout(r, 300)); return true; })()")
+        tab.evaluate(
+            "(async () => { document.documentElement.dataset.theme = 'dark';"
+            " document.documentElement.dataset.mode = 'dark';"
+            " await new Promise((r) => setTimeout(r, 300)); return true; })()"
+        )
         tab.screenshot(SHOTS / f"{stem}.dark")
         errors, external, missing = list(tab.errors), list(tab.external), list(tab.missing)
     finally:
         tab.close()
-    print(f"{page}: {load_s:.1f} s, {info['math']} math, {info['mjx']} typeset, {len(info['images'])} images, "
-          f"{len(info['widgetViews'])} widget views")
+    print(
+        f"{page}: {load_s:.1f} s, {info['math']} math, {info['mjx']} typeset, {len(info['images'])} images, "
+        f"{len(info['widgetViews'])} widget views"
+    )
     check_page(page, "web host", info, errors, external, missing)
 
 

@@ -33,10 +33,12 @@ COLAB_PREINSTALLED = ["numpy", "sympy", "matplotlib", "ipywidgets", "ipykernel",
 
 EXECUTE = r"""
 import sys, nbformat
+from pathlib import Path
 from nbclient import NotebookClient
 path, out = sys.argv[1], sys.argv[2]
 nb = nbformat.read(path, as_version=4)
-client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(__import__("pathlib").Path(path).parent)}})
+cwd = {"metadata": {"path": str(Path(path).parent)}}
+client = NotebookClient(nb, timeout=900, kernel_name="python3", resources=cwd)
 try:
     client.execute()
 finally:
@@ -65,8 +67,9 @@ def test_first_chapter_runs_from_a_fresh_environment(tmp_path):
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, source / name)
-    shutil.copytree(ROOT / "minimind_ref", source / "minimind_ref",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(
+        ROOT / "minimind_ref", source / "minimind_ref", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
 
     venv = tmp_path / "colab-venv"
     run([sys.executable, "-m", "venv", str(venv)], log)
@@ -80,8 +83,7 @@ def test_first_chapter_runs_from_a_fresh_environment(tmp_path):
     assert probe.stdout.strip() == "None", "the fresh environment must not see minimind_ref before the first cell"
     shutil.copy2(notebook, content / notebook.name)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "JUPYTER_PATH")}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-               MINIMIND_SOURCE=source.as_uri())
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", MINIMIND_SOURCE=source.as_uri())
     executed = tmp_path / "executed.ipynb"
     run([py, "-c", EXECUTE, str(content / notebook.name), str(executed)], log, env=env, cwd=content, timeout=1500)
 
@@ -89,7 +91,9 @@ def test_first_chapter_runs_from_a_fresh_environment(tmp_path):
     where = run([py, "-c", "import minimind_ref, sys; print(minimind_ref.__file__)"], log, cwd=content)
     assert str(venv) in where.stdout, f"minimind_ref imported from {where.stdout.strip()}, not the fresh venv"
     nb = nbformat.read(executed, as_version=4)  # (normalises multi-line strings)
-    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    errors = [
+        o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"
+    ]
     assert not errors, f"{notebook.name}: error outputs: {[e['ename'] + ': ' + e['evalue'] for e in errors]}"
     first = next(c for c in nb["cells"] if c["cell_type"] == "code")
     printed = "".join(o.get("text", "") for o in first.get("outputs", []) if o["output_type"] == "stream")
