@@ -78,7 +78,7 @@ test-notebooks: venv
 ifeq ($(NOTEBOOKS),)
 	@echo "==> [notebooks] no chapter notebooks in chapters/ yet: skipped"
 else
-	$(TIMED) "notebooks (nbmake)" $(PY) -m pytest --nbmake --nbmake-timeout=600 -n $(JOBS) -q $(NOTEBOOKS)
+	$(TIMED) "notebooks (nbmake)" $(PY) -m pytest --nbmake --nbmake-timeout=300 -n $(JOBS) -q $(NOTEBOOKS)
 endif
 
 test-book: book
