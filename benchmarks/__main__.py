@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda; results are written per device")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--merge", action="store_true",
+                   help="replace only the re-run benchmarks' rows in the existing results file (e.g. after a burst "
+                        "of load from other jobs spoilt one section); the file records which sections were re-run")
     args = p.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = set(chosen) - set(BENCHES)
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         info.update(i)
     wall = time.perf_counter() - t0
     stem = device.type if not args.quick else f"{device.type}-quick"
+    if args.merge:
+        rows, env, info, started, wall = report.merge(args.out / f"{stem}.json", rows, env, info, started, wall)
     md = report.write(rows, env, info, started, wall, args.out, stem)
     print(md.read_text())
     print(f"written: {md} and {md.with_suffix('.json')}")

@@ -47,6 +47,11 @@ def markdown(rows: list[Row], env: dict, info: dict, started: str, wall: float) 
         f"- torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}",
         f"- load average at start (1, 5, 15 min): {_load(env)} (a shared machine: read the ratios)",
         f"- whole run: {wall:.0f} s; command: `{info.get('command', 'python -m benchmarks').strip()}`",
+    ]
+    for rerun in info.get("re-run", []):
+        lines.append(f"- re-run later (`{rerun['command']}`): sections {', '.join(rerun['sections'])} at "
+                     f"{rerun['date_utc']} UTC, {rerun['seconds']} s")
+    lines += [
         "",
         "Times are medians over interleaved rounds; a ratio is the median over rounds of the same-round ratio "
         "to the baseline named in its row (below 1: faster than the baseline).",
@@ -83,6 +88,21 @@ def write(rows: list[Row], env: dict, info: dict, started: str, wall: float, out
                "rows": [r.to_dict() for r in rows]}
     (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return md
+
+
+def merge(json_path: Path, rows: list[Row], env: dict, info: dict, started: str, wall: float):
+    """The previous results of ``json_path`` with the sections in ``rows`` replaced by the new ones."""
+    if not json_path.exists():
+        return rows, env, info, started, wall
+    old = json.loads(json_path.read_text())
+    fields = set(Row.__dataclass_fields__)
+    redone = {r.bench for r in rows}
+    kept = [Row(**{k: v for k, v in r.items() if k in fields}) for r in old["rows"] if r["bench"] not in redone]
+    merged_info = {**old["info"], **{k: v for k, v in info.items() if k not in ("command", "quick")}}
+    merged_info["re-run"] = old["info"].get("re-run", []) + [
+        {"sections": sorted(redone), "date_utc": started, "seconds": round(wall),
+         "load_average_at_start": env.get("load_average_at_start"), "command": info.get("command", "").strip()}]
+    return kept + rows, old["environment"], merged_info, old["date_utc"], old["wall_seconds"]
 
 
 def rewrite(json_path: Path) -> Path:
