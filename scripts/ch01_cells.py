@@ -12,6 +12,19 @@ def code(src: str, *tags: str) -> None:
 
 
 # =====================================================================================  front matter
+
+md(r'''
+# RMSNorm: normalising by the root mean square
+
+Every block of MiniMind starts the same way: before the attention layer and before the feed-forward
+layer, the hidden state of each token is divided by its root mean square and multiplied by a learned
+gain. The operation is four lines of PyTorch and costs a sliver of the model's compute, yet it is one of
+the reasons a deep Transformer trains at all. This chapter tells how deep learning arrived at it
+(BatchNorm, then LayerNorm, then RMSNorm), derives its forward and backward passes and checks every
+formula against PyTorch's autograd, reads MiniMind's implementation line by line, measures how fast it
+really is, and looks inside a MiniMind to see whether the assumption behind it holds.
+''')
+
 code('''
 # Set-up: on Colab (or anywhere minimind_ref is missing) install the book's package, then show versions.
 import importlib, importlib.util, os, subprocess, sys
@@ -25,16 +38,6 @@ show_versions()
 ''', "hide-output")
 
 md(r'''
-# RMSNorm: normalising by the root mean square
-
-Every block of MiniMind starts the same way: before the attention layer and before the feed-forward
-layer, the hidden state of each token is divided by its root mean square and multiplied by a learned
-gain. The operation is four lines of PyTorch and costs a sliver of the model's compute, yet it is one of
-the reasons a deep Transformer trains at all. This chapter tells how deep learning arrived at it
-(BatchNorm, then LayerNorm, then RMSNorm), derives its forward and backward passes and checks every
-formula against PyTorch's autograd, reads MiniMind's implementation line by line, measures how fast it
-really is, and looks inside a MiniMind to see whether the assumption behind it holds.
-
 ```{admonition} Learning objectives
 :class: tip
 After this chapter you can
@@ -453,8 +456,8 @@ $$
 \begin{aligned}
 \sigma^2&=\frac1D\sum_i (x_i-\mu)^2\\
 &=\frac1D\sum_i x_i^2-2\mu\cdot\frac1D\sum_i x_i+\mu^2\\
-&=\frac1D\sum_i x_i^2-\mu^2,
-\qquad\text{so}\qquad \mathrm{RMS}^2=\sigma^2+\mu^2
+&=\frac1D\sum_i x_i^2-\mu^2,\\
+\text{so}\quad \mathrm{RMS}^2&=\sigma^2+\mu^2
 \end{aligned}
 $$
 
