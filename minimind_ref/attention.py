@@ -75,7 +75,9 @@ class KVCache:
         """Write k, v of shape (batch, kv_heads, T, head_dim) after the cached ones; return all of them."""
         start, end = self.length, self.length + k.shape[2]
         if end > self.capacity:
-            raise RuntimeError(f"KVCache: {end} positions exceed the reserved capacity {self.capacity}; call reserve() first")
+            raise RuntimeError(
+                f"KVCache: {end} positions exceed the reserved capacity {self.capacity}; call reserve() first"
+            )
         if self.keys[layer_idx] is None:
             shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
             self.keys[layer_idx], self.values[layer_idx] = k.new_zeros(shape), v.new_zeros(shape)
@@ -84,8 +86,9 @@ class KVCache:
         return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
 
 
-def make_attention_mask(attention_mask: torch.Tensor | None, q_len: int, past_len: int,
-                        device: torch.device) -> torch.Tensor | None:
+def make_attention_mask(
+    attention_mask: torch.Tensor | None, q_len: int, past_len: int, device: torch.device
+) -> torch.Tensor | None:
     """The boolean mask (batch or 1, 1, q_len, past_len + q_len), True where a query may attend.
 
     Returns None when the attention modules can do without one: no padding and either a single
@@ -122,8 +125,13 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)  # on the output, before the residual add
         self.flash = config.flash_attn
 
-    def forward(self, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                attn_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """x: (batch, T, hidden); position_embeddings: cos, sin of shape (T, head_dim) for these T
         positions; attn_mask: from ``make_attention_mask`` (None means causal when T > 1)."""
         bsz, seq_len, _ = x.shape
@@ -150,12 +158,14 @@ class Attention(nn.Module):
         if q_len == 1 and self.n_rep > 1:
             # decoding, one query per head: the n_rep query heads that share a KV head become n_rep queries
             # of that KV head, so each cached key and value is read once per KV head, not once per query head
-            out = F.scaled_dot_product_attention(q.view(bsz, self.n_kv_heads, self.n_rep, head_dim), k, v,
-                                                 attn_mask=attn_mask, dropout_p=dropout_p)  # mask (B|1, 1, 1, S)
+            out = F.scaled_dot_product_attention(
+                q.view(bsz, self.n_kv_heads, self.n_rep, head_dim), k, v, attn_mask=attn_mask, dropout_p=dropout_p
+            )  # mask (B|1, 1, 1, S)
             return out.view(bsz, n_heads, 1, head_dim)
         if _SDPA_GQA and self.n_rep > 1:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                                  is_causal=is_causal, enable_gqa=True)
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=True
+            )
         k = repeat_kv(k.transpose(1, 2), self.n_rep).transpose(1, 2)
         v = repeat_kv(v.transpose(1, 2), self.n_rep).transpose(1, 2)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)

@@ -83,17 +83,35 @@ class MiniMindConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and the rule for any impossible setting."""
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                     "vocab_size", "intermediate_size", "max_position_embeddings"):
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "vocab_size",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
             v = getattr(self, name)
             _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "must be a positive integer", v)
-        _require(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
-                 f"must be divisible by num_attention_heads={self.num_attention_heads}", self.hidden_size)
-        _require(self.head_dim % 2 == 0, "num_attention_heads",
-                 "must give an even head_dim = hidden_size // num_attention_heads (RoPE rotates pairs)",
-                 f"{self.num_attention_heads} -> head_dim {self.head_dim}")
-        _require(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
-                 f"must divide num_attention_heads={self.num_attention_heads}", self.num_key_value_heads)
+        _require(
+            self.hidden_size % self.num_attention_heads == 0,
+            "hidden_size",
+            f"must be divisible by num_attention_heads={self.num_attention_heads}",
+            self.hidden_size,
+        )
+        _require(
+            self.head_dim % 2 == 0,
+            "num_attention_heads",
+            "must give an even head_dim = hidden_size // num_attention_heads (RoPE rotates pairs)",
+            f"{self.num_attention_heads} -> head_dim {self.head_dim}",
+        )
+        _require(
+            self.num_attention_heads % self.num_key_value_heads == 0,
+            "num_key_value_heads",
+            f"must divide num_attention_heads={self.num_attention_heads}",
+            self.num_key_value_heads,
+        )
         _require(self.rms_norm_eps > 0, "rms_norm_eps", "must be > 0", self.rms_norm_eps)
         _require(self.rope_theta > 1, "rope_theta", "must be > 1", self.rope_theta)
         _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", self.dropout)
@@ -105,21 +123,41 @@ class MiniMindConfig:
             rs = self.rope_scaling
             _require(rs.get("type", "yarn") == "yarn", "rope_scaling", "only type 'yarn' is supported", rs.get("type"))
             _require(rs["factor"] >= 1, "rope_scaling", "factor must be >= 1", rs["factor"])
-            _require(int(rs["original_max_position_embeddings"]) > 0, "rope_scaling",
-                     "original_max_position_embeddings must be > 0", rs["original_max_position_embeddings"])
-            _require(rs["beta_fast"] > rs["beta_slow"] > 0, "rope_scaling",
-                     "needs beta_fast > beta_slow > 0", (rs["beta_fast"], rs["beta_slow"]))
+            _require(
+                int(rs["original_max_position_embeddings"]) > 0,
+                "rope_scaling",
+                "original_max_position_embeddings must be > 0",
+                rs["original_max_position_embeddings"],
+            )
+            _require(
+                rs["beta_fast"] > rs["beta_slow"] > 0,
+                "rope_scaling",
+                "needs beta_fast > beta_slow > 0",
+                (rs["beta_fast"], rs["beta_slow"]),
+            )
             _require(rs["attention_factor"] > 0, "rope_scaling", "attention_factor must be > 0", rs["attention_factor"])
         if self.use_moe:
-            _require(isinstance(self.n_routed_experts, int) and self.n_routed_experts > 0, "n_routed_experts",
-                     "must be a positive integer", self.n_routed_experts)
-            _require(isinstance(self.num_experts_per_tok, int) and 0 < self.num_experts_per_tok <= self.n_routed_experts,
-                     "num_experts_per_tok", f"must be in [1, n_routed_experts={self.n_routed_experts}]",
-                     self.num_experts_per_tok)
-            _require(isinstance(self.n_shared_experts, int) and self.n_shared_experts >= 0, "n_shared_experts",
-                     "must be a non-negative integer", self.n_shared_experts)
-            _require(self.scoring_func in SCORING_FUNCS, "scoring_func", f"must be one of {SCORING_FUNCS}",
-                     self.scoring_func)
+            _require(
+                isinstance(self.n_routed_experts, int) and self.n_routed_experts > 0,
+                "n_routed_experts",
+                "must be a positive integer",
+                self.n_routed_experts,
+            )
+            _require(
+                isinstance(self.num_experts_per_tok, int) and 0 < self.num_experts_per_tok <= self.n_routed_experts,
+                "num_experts_per_tok",
+                f"must be in [1, n_routed_experts={self.n_routed_experts}]",
+                self.num_experts_per_tok,
+            )
+            _require(
+                isinstance(self.n_shared_experts, int) and self.n_shared_experts >= 0,
+                "n_shared_experts",
+                "must be a non-negative integer",
+                self.n_shared_experts,
+            )
+            _require(
+                self.scoring_func in SCORING_FUNCS, "scoring_func", f"must be one of {SCORING_FUNCS}", self.scoring_func
+            )
             _require(self.aux_loss_alpha >= 0, "aux_loss_alpha", "must be >= 0", self.aux_loss_alpha)
 
     # --- round trip ------------------------------------------------------------
@@ -129,7 +167,7 @@ class MiniMindConfig:
         return {**self.extra, **d}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MiniMindConfig":
+    def from_dict(cls, d: dict) -> MiniMindConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
@@ -142,7 +180,7 @@ class MiniMindConfig:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "MiniMindConfig":
+    def from_json(cls, text_or_path: str | Path) -> MiniMindConfig:
         p = Path(text_or_path)
         text = p.read_text() if not str(text_or_path).lstrip().startswith("{") and p.exists() else str(text_or_path)
         return cls.from_dict(json.loads(text))

@@ -7,9 +7,9 @@ so its checkpoints load with ``strict=True``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,13 @@ class MiniMindBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = MoEFeedForward(config) if config.use_moe else FeedForward(config)
 
-    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                attn_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         h = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_embeddings, attn_mask, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -55,50 +60,66 @@ class MiniMindModel(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([MiniMindBlock(i, config) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        cos, sin = precompute_freqs_cis(config.head_dim, config.max_position_embeddings, config.rope_theta,
-                                        config.rope_scaling)
+        cos, sin = precompute_freqs_cis(
+            config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
+        )
         # non-persistent: derived from the config, so not part of a checkpoint
         self.register_buffer("freqs_cos", cos, persistent=False)
         self.register_buffer("freqs_sin", sin, persistent=False)
 
-    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     cache: KVCache | None) -> None:
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: KVCache | None) -> None:
         """Raise ValueError for inputs that would otherwise give a silent wrong answer or a cryptic error."""
         cfg = self.config
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got "
-                             f"{getattr(input_ids, 'dtype', type(input_ids))} of shape {tuple(getattr(input_ids, 'shape', ()))}")
+            raise ValueError(
+                f"input_ids must be an integer tensor of shape (batch, seq_len), got "
+                f"{getattr(input_ids, 'dtype', type(input_ids))} of shape {tuple(getattr(input_ids, 'shape', ()))}"
+            )
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids has no tokens (seq_len 0)")
         if not torch.compiler.is_compiling():  # a check of values, not shapes: a compiled graph cannot branch on it
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= cfg.vocab_size:
-                raise ValueError(f"input_ids contain token ids outside [0, vocab_size={cfg.vocab_size}): "
-                                 f"min {lo}, max {hi}")
+                raise ValueError(
+                    f"input_ids contain token ids outside [0, vocab_size={cfg.vocab_size}): min {lo}, max {hi}"
+                )
         past = 0
         if cache is not None:
             if not isinstance(cache, KVCache):
                 raise ValueError(f"past_key_values must be the KVCache this model returned, got {type(cache).__name__}")
             own = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
             if cache.signature != own:
-                raise ValueError(f"past_key_values comes from another config: (layers, kv_heads, head_dim) = "
-                                 f"{cache.signature}, this model has {own}")
+                raise ValueError(
+                    f"past_key_values comes from another config: (layers, kv_heads, head_dim) = "
+                    f"{cache.signature}, this model has {own}"
+                )
             if cache.batch_size != input_ids.shape[0]:
-                raise ValueError(f"past_key_values holds batch size {cache.batch_size}, input_ids has {input_ids.shape[0]}")
+                raise ValueError(
+                    f"past_key_values holds batch size {cache.batch_size}, input_ids has {input_ids.shape[0]}"
+                )
             past = cache.length
         total = past + input_ids.shape[1]
         if total > cfg.max_position_embeddings:
-            raise ValueError(f"sequence of {total} positions (cache {past} + input {input_ids.shape[1]}) exceeds the "
-                             f"RoPE table of max_position_embeddings={cfg.max_position_embeddings}")
+            raise ValueError(
+                f"sequence of {total} positions (cache {past} + input {input_ids.shape[1]}) exceeds the "
+                f"RoPE table of max_position_embeddings={cfg.max_position_embeddings}"
+            )
         if attention_mask is not None:
             expected = (input_ids.shape[0], total)
             if tuple(attention_mask.shape) != expected:
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {expected} "
-                                 f"(batch, cached + new tokens)")
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected {expected} "
+                    f"(batch, cached + new tokens)"
+                )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_values: KVCache | None = None, use_cache: bool = False,
-                check: bool = True) -> tuple[torch.Tensor, KVCache | None, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        check: bool = True,
+    ) -> tuple[torch.Tensor, KVCache | None, torch.Tensor]:
         """-> (hidden states (B, T, d) after the final norm, cache or None, summed MoE aux loss)."""
         if check:
             self.check_inputs(input_ids, attention_mask, past_key_values)
@@ -112,15 +133,17 @@ class MiniMindModel(nn.Module):
         if attention_mask is not None and check and not torch.compiler.is_compiling() and bool(attention_mask.all()):
             attention_mask = None  # no padding: let SDPA use its causal kernel
         attn_mask = make_attention_mask(attention_mask, seq_len, past, input_ids.device)
-        position_embeddings = (self.freqs_cos[past:past + seq_len], self.freqs_sin[past:past + seq_len])
+        position_embeddings = (self.freqs_cos[past : past + seq_len], self.freqs_sin[past : past + seq_len])
 
         h = self.dropout(self.embed_tokens(input_ids))  # (B, T, d)
         for layer in self.layers:
             h = layer(h, position_embeddings, attn_mask, cache)
         if cache is not None:
             cache.length += seq_len
-        aux_loss = sum((layer.mlp.aux_loss for layer in self.layers if isinstance(layer.mlp, MoEFeedForward)),
-                       h.new_zeros((), dtype=torch.float32))
+        aux_loss = sum(
+            (layer.mlp.aux_loss for layer in self.layers if isinstance(layer.mlp, MoEFeedForward)),
+            h.new_zeros((), dtype=torch.float32),
+        )
         return self.norm(h), (cache if use_cache else None), aux_loss
 
 
@@ -133,12 +156,20 @@ class MiniMindForCausalLM(nn.Module):
         if self.config.tie_word_embeddings:
             self.model.embed_tokens.weight = self.lm_head.weight  # one matrix reads and writes tokens
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, past_key_values: KVCache | None = None,
-                use_cache: bool = False, logits_to_keep: int | torch.Tensor = 0) -> CausalLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        logits_to_keep: int | torch.Tensor = 0,
+    ) -> CausalLMOutput:
         if labels is not None:
             if tuple(labels.shape) != tuple(input_ids.shape):
-                raise ValueError(f"labels has shape {tuple(labels.shape)}, expected that of input_ids {tuple(input_ids.shape)}")
+                raise ValueError(
+                    f"labels has shape {tuple(labels.shape)}, expected that of input_ids {tuple(input_ids.shape)}"
+                )
             if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
                 raise ValueError("labels need the logits of every position: use logits_to_keep=0 when computing a loss")
         h, cache, aux_loss = self.model(input_ids, attention_mask, past_key_values, use_cache)
@@ -154,11 +185,19 @@ class MiniMindForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, do_sample: bool = True,
-                 eos_token_id: int | None = -1, attention_mask: torch.Tensor | None = None,
-                 streamer: Callable[[torch.Tensor], None] | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        do_sample: bool = True,
+        eos_token_id: int | None = -1,
+        attention_mask: torch.Tensor | None = None,
+        streamer: Callable[[torch.Tensor], None] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Extend each row by up to ``max_new_tokens`` tokens; returns (B, T + new) token ids.
 
         Greedy when ``do_sample=False``. A row stops at ``eos_token_id`` (the config's by default,
@@ -170,7 +209,9 @@ class MiniMindForCausalLM(nn.Module):
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if do_sample and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature} (use do_sample=False for greedy)")
+            raise ValueError(
+                f"temperature must be > 0 when sampling, got {temperature} (use do_sample=False for greedy)"
+            )
         if top_k is not None and top_k <= 0:
             raise ValueError(f"top_k must be a positive integer, got {top_k}")
         if top_p is not None and not 0 < top_p <= 1:
@@ -179,8 +220,10 @@ class MiniMindForCausalLM(nn.Module):
         bsz, prompt_len = input_ids.shape
         total = prompt_len + max_new_tokens
         if total > self.config.max_position_embeddings:
-            raise ValueError(f"prompt {prompt_len} + max_new_tokens {max_new_tokens} exceeds "
-                             f"max_position_embeddings={self.config.max_position_embeddings}")
+            raise ValueError(
+                f"prompt {prompt_len} + max_new_tokens {max_new_tokens} exceeds "
+                f"max_position_embeddings={self.config.max_position_embeddings}"
+            )
         out = input_ids.new_empty(bsz, total)
         out[:, :prompt_len] = input_ids
         if max_new_tokens == 0:
@@ -193,7 +236,9 @@ class MiniMindForCausalLM(nn.Module):
         finished = torch.zeros(bsz, dtype=torch.bool, device=input_ids.device)
         step_ids, n = input_ids, prompt_len
         for _ in range(max_new_tokens):
-            h, cache, _ = self.model(step_ids, None if mask is None else mask[:, :n], cache, use_cache=True, check=False)
+            h, cache, _ = self.model(
+                step_ids, None if mask is None else mask[:, :n], cache, use_cache=True, check=False
+            )
             logits = self.lm_head(h[:, -1]).float()  # (B, vocab): only the last position is needed
             next_tok = self._pick(logits, do_sample, temperature, top_k, top_p, generator)
             if eos_token_id is not None:
@@ -209,8 +254,14 @@ class MiniMindForCausalLM(nn.Module):
         return out[:, :n]
 
     @staticmethod
-    def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
-              top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
+    def _pick(
+        logits: torch.Tensor,
+        do_sample: bool,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         """Choose the next token of each row from (B, vocab) float32 logits."""
         if not do_sample:
             return logits.argmax(dim=-1)
@@ -245,9 +296,13 @@ class MiniMindForCausalLM(nn.Module):
             torch.save(state, path / "pytorch_model.pth")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, config: MiniMindConfig | None = None,
-                        map_location: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> "MiniMindForCausalLM":
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        config: MiniMindConfig | None = None,
+        map_location: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> MiniMindForCausalLM:
         """Load a folder with ``config.json`` and weights (``*.safetensors`` or a ``.pth``/``.bin`` state
         dict), or a single weights file together with ``config``. Keys and shapes must match exactly."""
         path = Path(path)
@@ -259,8 +314,10 @@ class MiniMindForCausalLM(nn.Module):
                 config = MiniMindConfig.from_dict(json.loads(cfg_file.read_text()))
             candidates = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth")) or sorted(path.glob("*.bin"))
             if len(candidates) != 1:
-                raise FileNotFoundError(f"expected exactly one weights file (*.safetensors, *.pth or *.bin) in {path}, "
-                                        f"found {[c.name for c in candidates]}")
+                raise FileNotFoundError(
+                    f"expected exactly one weights file (*.safetensors, *.pth or *.bin) in {path}, "
+                    f"found {[c.name for c in candidates]}"
+                )
             weights = candidates[0]
         else:
             if config is None:
@@ -280,15 +337,21 @@ class MiniMindForCausalLM(nn.Module):
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
         if tied and "lm_head.weight" in state and "model.embed_tokens.weight" not in state:
             state["model.embed_tokens.weight"] = state["lm_head.weight"]
-        if tied and not torch.equal(state.get("lm_head.weight", torch.zeros(0)),
-                                    state.get("model.embed_tokens.weight", torch.zeros(0))):
-            raise ValueError("checkpoint has different lm_head.weight and model.embed_tokens.weight, but the config "
-                             "ties them (tie_word_embeddings=True)")
+        if tied and not torch.equal(
+            state.get("lm_head.weight", torch.zeros(0)), state.get("model.embed_tokens.weight", torch.zeros(0))
+        ):
+            raise ValueError(
+                "checkpoint has different lm_head.weight and model.embed_tokens.weight, but the config "
+                "ties them (tie_word_embeddings=True)"
+            )
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
-        wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+        wrong = [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in sorted(set(own) & set(state))
+            if state[k].shape != own[k].shape
+        ]
         if missing or unexpected or wrong:
             parts = []
             if missing:

@@ -21,8 +21,9 @@ from .config import MiniMindConfig
 from .ffn import FeedForward
 
 
-def load_balancing_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts: int, alpha: float,
-                        seq_aux: bool) -> torch.Tensor:
+def load_balancing_loss(
+    scores: torch.Tensor, topk_idx: torch.Tensor, n_experts: int, alpha: float, seq_aux: bool
+) -> torch.Tensor:
     """alpha * N * sum_i f_i * P_i, averaged over sequences (``seq_aux``) or over the whole batch.
 
     scores: (B, L, N) router probabilities; topk_idx: (B, L, K) chosen experts.
@@ -33,7 +34,9 @@ def load_balancing_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts:
     bsz, seq_len, k = topk_idx.shape
     if seq_aux:
         counts = torch.zeros(bsz, n_experts, device=scores.device, dtype=scores.dtype)
-        counts.scatter_add_(1, topk_idx.reshape(bsz, -1), torch.ones_like(topk_idx.reshape(bsz, -1), dtype=scores.dtype))
+        counts.scatter_add_(
+            1, topk_idx.reshape(bsz, -1), torch.ones_like(topk_idx.reshape(bsz, -1), dtype=scores.dtype)
+        )
         f = counts / (seq_len * k)  # (B, N), rows sum to 1
         P = scores.mean(dim=1)  # (B, N)
         return alpha * n_experts * (f * P).sum(dim=1).mean()
@@ -64,8 +67,13 @@ class MoEGate(nn.Module):
         if self.top_k > 1 and self.norm_topk_prob:
             topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
         if self.training and self.alpha > 0.0:
-            aux_loss = load_balancing_loss(scores.view(bsz, seq_len, -1), topk_idx.view(bsz, seq_len, -1),
-                                           self.n_routed_experts, self.alpha, self.seq_aux)
+            aux_loss = load_balancing_loss(
+                scores.view(bsz, seq_len, -1),
+                topk_idx.view(bsz, seq_len, -1),
+                self.n_routed_experts,
+                self.alpha,
+                self.seq_aux,
+            )
         else:
             aux_loss = scores.new_zeros(())
         return topk_idx, topk_weight.to(hidden_states.dtype), aux_loss
@@ -94,8 +102,9 @@ class MoEFeedForward(nn.Module):
         self.aux_loss = aux_loss
         return y
 
-    def dispatch(self, tokens: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor,
-                 run_all: bool) -> torch.Tensor:
+    def dispatch(
+        self, tokens: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, run_all: bool
+    ) -> torch.Tensor:
         """sum_k weight[t, k] * expert[idx[t, k]](tokens[t]) for every token t, grouped by expert."""
         flat_idx = topk_idx.reshape(-1)  # (T*K,) expert of each (token, slot) pair
         order = flat_idx.argsort(stable=True)  # pairs sorted by expert
@@ -103,7 +112,7 @@ class MoEFeedForward(nn.Module):
         counts = torch.bincount(flat_idx, minlength=len(self.experts)).tolist()  # one host sync per layer
         grouped = tokens[token_of]  # (T*K, d): expert e's tokens are one contiguous block
         outputs = []
-        for expert, block, n in zip(self.experts, grouped.split(counts), counts):
+        for expert, block, n in zip(self.experts, grouped.split(counts), counts, strict=True):
             if n or run_all:  # an empty call keeps the expert in the graph
                 outputs.append(expert(block))
         weighted = torch.cat(outputs) * topk_weight.reshape(-1)[order, None]  # (T*K, d)

@@ -26,6 +26,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.weight.shape[0]:
-            raise ValueError(f"RMSNorm expects last dimension {self.weight.shape[0]}, got input of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"RMSNorm expects last dimension {self.weight.shape[0]}, got input of shape {tuple(x.shape)}"
+            )
         compute_dtype = torch.promote_types(x.dtype, torch.float32)  # x.float() for fp16/bf16
         return self.weight * self._norm(x.to(compute_dtype)).type_as(x)

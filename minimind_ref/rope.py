@@ -27,8 +27,9 @@ def yarn_ramp(dim: int, rope_base: float, original_max: int, beta_fast: float, b
     return torch.clamp((i - low) / max(high - low, 1e-3), 0.0, 1.0)
 
 
-def precompute_freqs_cis(dim: int, end: int, rope_base: float = 1e6,
-                         rope_scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def precompute_freqs_cis(
+    dim: int, end: int, rope_base: float = 1e6, rope_scaling: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables of shape (end, dim) for positions 0..end-1.
 
     With ``rope_scaling`` (YaRN) and ``end`` beyond the original context, each frequency f_i becomes
@@ -43,8 +44,9 @@ def precompute_freqs_cis(dim: int, end: int, rope_base: float = 1e6,
         factor = rope_scaling.get("factor", 16.0)
         attn_factor = rope_scaling.get("attention_factor", 1.0)
         if end / orig_max > 1.0:
-            gamma = yarn_ramp(dim, rope_base, orig_max, rope_scaling.get("beta_fast", 32.0),
-                              rope_scaling.get("beta_slow", 1.0))
+            gamma = yarn_ramp(
+                dim, rope_base, orig_max, rope_scaling.get("beta_fast", 32.0), rope_scaling.get("beta_slow", 1.0)
+            )
             freqs = freqs * ((1 - gamma) + gamma / factor)
     t = torch.arange(end, dtype=torch.float32)
     angles = torch.outer(t, freqs)  # (end, dim/2): m * theta_i
@@ -59,8 +61,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-                         sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q and k of shape (batch, seq, heads, head_dim) by the angles of their positions.
 
     ``cos``/``sin`` are (seq, head_dim) slices of the tables (or (batch, seq, head_dim)).

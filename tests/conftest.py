@@ -7,7 +7,6 @@ import torch
 
 from minimind_ref import MiniMindConfig
 
-
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # two xdist workers on two cores: a second intra-op thread per worker only oversubscribes the CPU
     # (OpenMP threads spin-wait on each other; seen here as a 10x slow-down under load)
@@ -16,8 +15,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def tiny_config(**overrides) -> MiniMindConfig:
     """4 heads of 16 dims over 2 KV heads, 2 layers, 97 tokens: every code path at toy size."""
-    kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              vocab_size=97, max_position_embeddings=256)
+    kw = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=97,
+        max_position_embeddings=256,
+    )
     kw.update(overrides)
     return MiniMindConfig(**kw)
 

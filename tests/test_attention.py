@@ -31,7 +31,7 @@ def _attn(cfg, flash, dtype=torch.float64):
 
 def _pos(cfg, start, n, dtype=torch.float64):
     cos, sin = precompute_freqs_cis(cfg.head_dim, 64, cfg.rope_theta)
-    return cos[start:start + n].to(dtype), sin[start:start + n].to(dtype)
+    return cos[start : start + n].to(dtype), sin[start : start + n].to(dtype)
 
 
 def _pair(cfg):
@@ -127,7 +127,7 @@ def test_cache_decoding_equals_full_forward(flash):
     for start, n in [(0, 4), (4, 1), (5, 3), (8, 1), (9, 1)]:  # prefill, decode, chunked prefill, decode...
         cache.reserve(n)
         mask = make_attention_mask(None, n, start, x.device)
-        outs.append(a(x[:, start:start + n], _pos(cfg, start, n), mask, cache))
+        outs.append(a(x[:, start : start + n], _pos(cfg, start, n), mask, cache))
         cache.length += n
     assert cache.capacity >= 10
     assert_close(torch.cat(outs, dim=1), full)

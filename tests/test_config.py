@@ -10,22 +10,39 @@ from minimind_ref.config import DEFAULT_YARN
 
 def test_defaults_match_the_contract():
     c = MiniMindConfig()
-    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == \
-        (512, 8, 8, 2, 6400)
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == (
+        512,
+        8,
+        8,
+        2,
+        6400,
+    )
     assert c.intermediate_size == 1408 and c.head_dim == 64
     assert (c.max_position_embeddings, c.rms_norm_eps, c.rope_theta) == (32768, 1e-5, 1e6)
     assert c.rope_scaling is None and not c.inference_rope_scaling
-    assert (c.dropout, c.flash_attn, c.hidden_act, c.bos_token_id, c.eos_token_id, c.tie_word_embeddings) == \
-        (0.0, True, "silu", 1, 2, True)
-    assert (c.use_moe, c.num_experts_per_tok, c.n_routed_experts, c.n_shared_experts, c.scoring_func) == \
-        (False, 2, 4, 1, "softmax")
+    assert (c.dropout, c.flash_attn, c.hidden_act, c.bos_token_id, c.eos_token_id, c.tie_word_embeddings) == (
+        0.0,
+        True,
+        "silu",
+        1,
+        2,
+        True,
+    )
+    assert (c.use_moe, c.num_experts_per_tok, c.n_routed_experts, c.n_shared_experts, c.scoring_func) == (
+        False,
+        2,
+        4,
+        1,
+        "softmax",
+    )
     assert (c.aux_loss_alpha, c.seq_aux, c.norm_topk_prob) == (0.01, True, True)
 
 
 @pytest.mark.parametrize("hidden,expected", [(512, 1408), (640, 1728), (768, 2048), (64, 192), (96, 256)])
 def test_intermediate_size_is_64_aligned_8_thirds(hidden, expected):
-    c = MiniMindConfig(hidden_size=hidden, num_attention_heads=hidden // 64 if hidden >= 128 else 2,
-                       num_key_value_heads=1)
+    c = MiniMindConfig(
+        hidden_size=hidden, num_attention_heads=hidden // 64 if hidden >= 128 else 2, num_key_value_heads=1
+    )
     assert c.intermediate_size == expected
     assert c.intermediate_size % 64 == 0 and c.intermediate_size >= hidden * 8 / 3 > c.intermediate_size - 64
 
@@ -33,9 +50,13 @@ def test_intermediate_size_is_64_aligned_8_thirds(hidden, expected):
 def test_yarn_switch_and_explicit_dict():
     c = MiniMindConfig(inference_rope_scaling=True)
     assert c.rope_scaling == DEFAULT_YARN
-    assert (c.rope_scaling["factor"], c.rope_scaling["original_max_position_embeddings"],
-            c.rope_scaling["beta_fast"], c.rope_scaling["beta_slow"], c.rope_scaling["attention_factor"]) == \
-        (16, 2048, 32, 1, 1.0)
+    assert (
+        c.rope_scaling["factor"],
+        c.rope_scaling["original_max_position_embeddings"],
+        c.rope_scaling["beta_fast"],
+        c.rope_scaling["beta_slow"],
+        c.rope_scaling["attention_factor"],
+    ) == (16, 2048, 32, 1, 1.0)
     c2 = MiniMindConfig(rope_scaling={"factor": 4, "beta_fast": 4})
     assert c2.rope_scaling["factor"] == 4 and c2.rope_scaling["original_max_position_embeddings"] == 2048
 
@@ -75,8 +96,14 @@ def test_impossible_configs_raise_naming_the_field(kwargs, field):
 
 
 def test_dict_and_json_round_trip(tmp_path):
-    c = MiniMindConfig(hidden_size=256, num_attention_heads=4, num_key_value_heads=1, use_moe=True,
-                       inference_rope_scaling=True, seq_aux=False)
+    c = MiniMindConfig(
+        hidden_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        use_moe=True,
+        inference_rope_scaling=True,
+        seq_aux=False,
+    )
     assert MiniMindConfig.from_dict(c.to_dict()) == c
     assert MiniMindConfig.from_json(c.to_json()) == c
     path = tmp_path / "config.json"

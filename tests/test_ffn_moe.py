@@ -67,7 +67,7 @@ def test_gate_scores_topk_and_renormalisation():
 
 @pytest.mark.parametrize("seq_aux", [True, False])
 def test_balanced_routing_gives_alpha(seq_aux):
-    n, k, alpha = 4, 2, 0.1
+    n, alpha = 4, 0.1  # K = 2 slots per token below
     uniform = torch.full((3, 8, n), 1 / n)
     # every expert chosen equally often in every sequence
     idx = torch.tensor([[0, 1], [2, 3]]).repeat(3, 4, 1)  # (B=3, L=8, K=2)
@@ -119,16 +119,24 @@ def _brute_force(moe, x):
     """sum_k w_k E_{idx_k}(x) + shared(x), token by token."""
     idx, w, _ = moe.gate(x)
     flat = x.reshape(-1, x.shape[-1])
-    out = torch.stack([sum(w[t, j] * moe.experts[int(idx[t, j])](flat[t]) for j in range(idx.shape[1]))
-                       for t in range(flat.shape[0])])
+    out = torch.stack(
+        [sum(w[t, j] * moe.experts[int(idx[t, j])](flat[t]) for j in range(idx.shape[1])) for t in range(flat.shape[0])]
+    )
     out = out.view_as(x)
     for e in moe.shared_experts:
         out = out + e(x)
     return out
 
 
-@pytest.mark.parametrize("kw", [{}, dict(n_shared_experts=0), dict(num_experts_per_tok=1),
-                                dict(n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=2)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        dict(n_shared_experts=0),
+        dict(num_experts_per_tok=1),
+        dict(n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=2),
+    ],
+)
 def test_moe_paths_equal_each_other_and_brute_force(kw):
     moe = MoEFeedForward(moe_config(**kw)).double()
     x = torch.randn(2, 9, 64, dtype=torch.float64)

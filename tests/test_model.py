@@ -37,9 +37,20 @@ def test_parameter_counts_of_the_published_sizes():
 def test_state_dict_keys_are_upstreams():
     dense = set(make().state_dict())
     layer0 = {k for k in dense if k.startswith("model.layers.0.")}
-    assert layer0 == {f"model.layers.0.{k}.weight" for k in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "input_layernorm", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    assert layer0 == {
+        f"model.layers.0.{k}.weight"
+        for k in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    }
     assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} <= dense
     assert not any("freqs" in k for k in dense)  # RoPE tables are derived, not stored
     moe = set(make(use_moe=True, n_routed_experts=3, n_shared_experts=2).state_dict())
@@ -97,8 +108,10 @@ def test_logits_to_keep():
     assert_close(m(x, logits_to_keep=torch.tensor([0, 4])).logits, full[:, [0, 4]])
 
 
-@pytest.mark.parametrize("kw", [{}, dict(flash_attn=False), dict(use_moe=True), dict(inference_rope_scaling=True,
-                                                                                       max_position_embeddings=4096)])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, dict(flash_attn=False), dict(use_moe=True), dict(inference_rope_scaling=True, max_position_embeddings=4096)],
+)
 def test_incremental_decoding_with_cache_equals_full_forward(kw):
     m = make(**kw)
     x = ids(t=12)
@@ -107,7 +120,7 @@ def test_incremental_decoding_with_cache_equals_full_forward(kw):
     pieces, cache = [out.logits], out.past_key_values
     assert isinstance(cache, KVCache) and cache.length == 5
     for t in range(5, 12):
-        out = m(x[:, t:t + 1], past_key_values=cache, use_cache=True)
+        out = m(x[:, t : t + 1], past_key_values=cache, use_cache=True)
         pieces.append(out.logits)
         cache = out.past_key_values
     assert cache.length == 12
@@ -184,7 +197,7 @@ def test_eos_stops_each_row_and_pads_it():
     eos = new0[j]
     out = m.generate(x, max_new_tokens=6, do_sample=False, eos_token_id=eos)
     assert torch.equal(out[1], free[1])  # the other row runs to the end
-    assert torch.equal(out[0, :7 + j], free[0, :7 + j]) and (out[0, 7 + j:] == eos).all()
+    assert torch.equal(out[0, : 7 + j], free[0, : 7 + j]) and (out[0, 7 + j :] == eos).all()
     one = m.generate(x[:1], max_new_tokens=6, do_sample=False, eos_token_id=eos)
     assert one.shape == (1, 7 + j)  # a batch whose every row has finished stops early
 

@@ -78,7 +78,7 @@ def test_rotate_half_example():
 
 def _rope(x, pos, cos, sin):
     """Rotate a (heads, head_dim) vector as if at position `pos`."""
-    q, _ = apply_rotary_pos_emb(x[None, None], x[None, None], cos[pos:pos + 1], sin[pos:pos + 1])
+    q, _ = apply_rotary_pos_emb(x[None, None], x[None, None], cos[pos : pos + 1], sin[pos : pos + 1])
     return q[0, 0]
 
 
@@ -109,11 +109,13 @@ def test_half_split_equals_complex_multiplication_on_permuted_dims():
     x = torch.randn(1, d, dtype=torch.float64)
     rotated = _rope(x, m, cos.double(), sin.double())[0]
     theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    z = torch.complex(x[0, : d // 2], x[0, d // 2:]) * torch.exp(1j * m * theta)
+    z = torch.complex(x[0, : d // 2], x[0, d // 2 :]) * torch.exp(1j * m * theta)
     assert_close(rotated, torch.cat([z.real, z.imag]))
     # the interleaved (RoFormer) layout is the same rotation on permuted dimensions
     perm = torch.stack([torch.arange(d // 2), torch.arange(d // 2) + d // 2], 1).reshape(-1)  # [0, 8, 1, 9, ...]
-    inter = torch.view_as_real(torch.view_as_complex(x[0, perm].reshape(-1, 2).contiguous()) * torch.exp(1j * m * theta))
+    inter = torch.view_as_real(
+        torch.view_as_complex(x[0, perm].reshape(-1, 2).contiguous()) * torch.exp(1j * m * theta)
+    )
     assert_close(inter.reshape(-1), rotated[perm])
 
 
@@ -124,8 +126,14 @@ def test_apply_rotary_gradcheck_float64():
     assert gradcheck(lambda q, k: apply_rotary_pos_emb(q, k, cos.double(), sin.double()), (q, k))
 
 
-YARN = {"type": "yarn", "factor": 16.0, "original_max_position_embeddings": 2048, "beta_fast": 32.0,
-        "beta_slow": 1.0, "attention_factor": 1.0}
+YARN = {
+    "type": "yarn",
+    "factor": 16.0,
+    "original_max_position_embeddings": 2048,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "attention_factor": 1.0,
+}
 
 
 def _effective_freqs(cos, sin):
