@@ -7,6 +7,7 @@ import torch
 from torch.autograd import gradcheck
 from torch.testing import assert_close
 
+from minimind_ref.config import DEFAULT_YARN
 from minimind_ref.norm import RMSNorm
 from minimind_ref.rope import apply_rotary_pos_emb, precompute_freqs_cis, rotate_half, yarn_ramp
 
@@ -126,14 +127,9 @@ def test_apply_rotary_gradcheck_float64():
     assert gradcheck(lambda q, k: apply_rotary_pos_emb(q, k, cos.double(), sin.double()), (q, k))
 
 
-YARN = {
-    "type": "yarn",
-    "factor": 16.0,
-    "original_max_position_embeddings": 2048,
-    "beta_fast": 32.0,
-    "beta_slow": 1.0,
-    "attention_factor": 1.0,
-}
+YARN = (
+    DEFAULT_YARN  # MiniMind's settings (factor 16 from 2048, beta_fast 32, beta_slow 1); values pinned in test_config
+)
 
 
 def _effective_freqs(cos, sin):
