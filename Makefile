@@ -7,6 +7,9 @@
 #                                      with warnings as errors, the browser test of the built pages,
 #                                      and the Colab path (first chapter from a fresh venv)
 #   make bench                         the benchmarks (benchmarks/)
+#   make sync                          write chapters/NN_name.ipynb from its source chapters/NN_name.md
+#   make chapter CH=02                 sync, then run one chapter top to bottom (nbmake), with its time
+#   make jupyter                       JupyterLab (+ jupytext, to open the .md sources as notebooks)
 #   make clear-outputs                 strip outputs from chapters/*.ipynb before committing
 #   make clean / make distclean        remove build outputs / also the virtual environment
 #
@@ -32,7 +35,8 @@ VENV_STAMP := $(VENV)/.book-installed
 # Phases depend on each other's outputs (the browser test reads the built book): never run them in parallel.
 .NOTPARALLEL:
 
-.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab bench clear-outputs clean distclean
+.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab bench sync chapter \
+	jupyter clear-outputs clean distclean
 
 all: book
 
@@ -93,6 +97,24 @@ test-colab: venv
 
 bench: venv
 	$(TIMED) "bench" $(PY) -m benchmarks
+
+## ---- writing chapters ---------------------------------------------------------------------
+
+# The .md is the source; the .ipynb is generated (cell ids kept, outputs dropped). tests/test_book.py
+# fails when a pair is out of sync.
+sync: venv
+	$(PY) scripts/sync_chapters.py
+
+# One chapter alone, e.g. make chapter CH=01 (or CH=01_rmsnorm)
+chapter: sync
+	@test -n "$(CH)" || { echo "usage: make chapter CH=02"; exit 2; }
+	$(TIMED) "chapter $(CH)" $(PY) -m pytest --nbmake --nbmake-timeout=300 -q $(wildcard chapters/$(CH)*.ipynb)
+
+# JupyterLab in the project's venv; jupytext lets it open chapters/NN_name.md as a notebook that
+# saves to both files of the pair
+jupyter: venv
+	@$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -q "jupyterlab>=4" "jupytext>=1.16"
+	$(VENV)/bin/jupyter lab chapters/
 
 clear-outputs: venv
 	$(PY) scripts/clear_outputs.py $(NOTEBOOKS)

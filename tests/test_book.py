@@ -4,6 +4,9 @@
   would silently leave it out otherwise);
 * chapter notebooks are committed clean: no outputs, no execution counts, no saved widget state,
   kernelspec ``python3``, valid nbformat;
+* every chapter notebook has its source, the MyST Markdown notebook ``chapters/NN_name.md``, and the
+  two are in sync (``make sync``); regenerating keeps the cell ids; the code cells pass ruff with
+  lines no longer than the page shows (88 characters);
 * the first code cell of every chapter is the Colab set-up cell of the shared contract (tagged
   ``hide-output``, installs the project from REPO_URL or ``MINIMIND_SOURCE`` when ``minimind_ref``
   is missing, then ``show_versions()``);
@@ -117,6 +120,78 @@ def test_notebook_committed_without_outputs(path):
 def test_notebook_kernelspec_is_python3(path):
     spec = load(path).get("metadata", {}).get("kernelspec", {})
     assert spec.get("name") == "python3", f"{path.name}: kernelspec {spec!r} (nbmake needs name 'python3')"
+
+
+# ---- sources: MyST Markdown notebooks paired with the .ipynb -------------------------------------
+
+NOTEBOOK_LINE_LENGTH = 88  # what the book's code column shows without a scroll bar
+
+
+def _sync_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync_chapters", ROOT / "scripts" / "sync_chapters.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_chapter_has_its_markdown_source(path):
+    md = path.with_suffix(".md")
+    assert md.exists(), f"{path.name} has no source {md.name} (chapters are written as MyST Markdown notebooks)"
+    head = md.read_text(encoding="utf-8").split("---")[1]
+    assert "format_name: myst" in head and "ipynb,md:myst" in head, f"{md.name}: not a paired jupytext md:myst file"
+
+
+def test_every_source_has_its_notebook():
+    for md in (ROOT / "chapters").glob("[0-9][0-9]_*.md"):
+        assert md.with_suffix(".ipynb").exists(), f"{md.name} has no notebook: run `make sync`"
+
+
+def test_sources_and_notebooks_are_in_sync():
+    sync = _sync_script()
+    assert sync.main(["--check"]) == 0, "a chapter's .md and .ipynb differ: edit the .md and run `make sync`"
+
+
+def test_regenerating_keeps_cell_ids(tmp_path):
+    """Editing a source and syncing keeps every existing cell's id; only the new cell gets a new one."""
+    import nbformat
+
+    sync = _sync_script()
+    if not CHAPTERS:
+        pytest.skip("no chapters yet")
+    src = CHAPTERS[0]
+    md, ipynb = tmp_path / src.with_suffix(".md").name, tmp_path / src.name
+    md.write_text(src.with_suffix(".md").read_text(encoding="utf-8"), encoding="utf-8")
+    ipynb.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    before = [c.id for c in nbformat.read(ipynb, as_version=4).cells]
+    assert len(set(before)) == len(before), f"{src.name}: duplicate cell ids"
+    text = md.read_text(encoding="utf-8")
+    md.write_text(text + "\n```{code-cell}\nprint('a new cell')\n```\n", encoding="utf-8")
+    assert sync.main([str(md)]) == 0
+    after = [c.id for c in nbformat.read(ipynb, as_version=4).cells]
+    assert after[: len(before)] == before and len(after) == len(before) + 1 and after[-1] not in before
+    assert sync.main(["--check", str(md)]) == 0
+
+
+def test_chapter_code_passes_ruff():
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.fail("ruff is not installed (it is in requirements.txt)")
+    if not CHAPTERS:
+        pytest.skip("no chapters yet")
+    proc = subprocess.run(
+        [ruff, "check", "--no-cache", f"--line-length={NOTEBOOK_LINE_LENGTH}", *map(str, CHAPTERS)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, f"ruff found problems in the chapters' code cells:\n{proc.stdout}{proc.stderr}"
 
 
 # ---- the Colab set-up cell ---------------------------------------------------------------------
