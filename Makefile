@@ -6,6 +6,7 @@
 #   make test                          unit tests, every chapter notebook (nbmake), the book build
 #                                      with warnings as errors, the browser test of the built pages,
 #                                      and the Colab path (first chapter from a fresh venv)
+#   make screenshots                   every page, whole, light and dark, into _build/screenshots/
 #   make bench                         the benchmarks (benchmarks/)
 #   make sync                          write chapters/NN_name.ipynb from its source chapters/NN_name.md
 #   make chapter CH=02                 sync, then run one chapter top to bottom (nbmake), with its time
@@ -35,8 +36,8 @@ VENV_STAMP := $(VENV)/.book-installed
 # Phases depend on each other's outputs (the browser test reads the built book): never run them in parallel.
 .NOTPARALLEL:
 
-.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab bench sync chapter \
-	jupyter clear-outputs clean distclean
+.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab screenshots bench \
+	sync chapter jupyter clear-outputs clean distclean
 
 all: book
 
@@ -89,6 +90,10 @@ test-book: book
 
 test-browser: venv
 	$(TIMED) "browser" $(PY) -m pytest tests/test_browser.py -m browser -q -rs
+
+# every page, whole, light and dark, into _build/screenshots/ (the browser test takes only the first tile)
+screenshots: venv
+	BOOK_SCREENSHOTS=all $(TIMED) "screenshots" $(PY) -m pytest tests/test_browser.py -m browser -q -rs -k renders_offline
 
 test-colab: venv
 	$(TIMED) "colab" $(PY) -m pytest tests/test_colab.py -q -rs

@@ -11,6 +11,13 @@
 * Offline assets: ``mathjax_path`` and ``nb_ipywidgets_js`` point at copies served by the book
   (``make assets``). If those files are missing, warn (an error under ``-W``) and fall back to the
   CDNs, so a build without them is still a working online book and never a silently broken one.
+* Explorers (``minimind_ref.lab.explorer``) are Altair charts. Altair's HTML loads Vega from a CDN
+  unless the page already has it; on every page with a chart, the book loads its own copies of
+  Vega, Vega-Lite and Vega-Embed first and tells Altair's loader so (``VEGA_DEBUG``), and names them
+  for RequireJS where a page has it (widgets), so the charts render offline. The versions must be
+  the ones the installed Altair asks for (checked at start-up).
+* ``MINIMIND_BOOK_BUILD=1`` is set for the notebooks executed by the build: explorers then leave out
+  their live ipywidgets sliders, which would do nothing in a page without a kernel.
 
 Pages using the directives are re-read on every build, since what they show depends on other files.
 """
@@ -18,6 +25,7 @@ Pages using the directives are re-read on every build, since what they show depe
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -168,6 +176,75 @@ def _check_offline_assets(app: Sphinx, config) -> None:
         config.nb_ipywidgets_js = dict(CDN_WIDGETS)
 
 
+VEGA_FILES = ("offline/vega/vega.min.js", "offline/vega/vega-lite.min.js", "offline/vega/vega-embed.min.js")
+VEGA_MARKERS = ("altair-viz-", "vega-embed")
+
+
+def _altair_versions() -> dict[str, str] | None:
+    """The versions Altair's HTML asks for: {"vega": "6", "vega-lite": "6.4.1", "vega-embed": "7"}."""
+    try:
+        import altair as alt
+    except ImportError:
+        return None
+    return {"vega": alt.VEGA_VERSION, "vega-lite": alt.VEGALITE_VERSION, "vega-embed": alt.VEGAEMBED_VERSION}
+
+
+def _check_vega_assets(app: Sphinx, config) -> None:
+    """The offline Vega files exist and have the majors the installed Altair's HTML asks for."""
+    app.env_vega_ok = False  # type: ignore[attr-defined]
+    wanted = _altair_versions()
+    if wanted is None:
+        return
+    static = [Path(app.confdir) / p for p in config.html_static_path]
+    versions_file = next(
+        (d / "offline" / "VERSIONS.json" for d in static if (d / "offline" / "VERSIONS.json").is_file()), None
+    )
+    have = json.loads(versions_file.read_text()) if versions_file else {}
+    missing = [f for f in VEGA_FILES if not any((d / f).is_file() for d in static)]
+    if missing:
+        logger.warning(
+            f"offline Vega not found ({', '.join(missing)}): run `make assets`; charts will load Vega from a CDN"
+        )
+        return
+    for name, version in wanted.items():
+        got = have.get(name, {}).get("version", "")
+        if got.split(".")[0] != str(version).split(".")[0]:
+            logger.warning(
+                f"the book serves {name}@{got or '?'} but the installed Altair asks for {name}@{version}: "
+                "update the pin in scripts/fetch_assets.py"
+            )
+            return
+    app.env_vega_ok = True  # type: ignore[attr-defined]
+
+
+def _add_vega(app, pagename, templatename, context, doctree):
+    """On a page with an Altair chart: the book's Vega before anything else, and the hooks Altair looks for."""
+    body = context.get("body") or ""
+    if not getattr(app, "env_vega_ok", False) or not any(m in body for m in VEGA_MARKERS):
+        return
+    wanted = _altair_versions()
+    app.add_css_file("book/explorers.css")
+    # loaded before RequireJS (priority 500), so these UMD bundles define globals, not anonymous modules
+    for i, path in enumerate(VEGA_FILES):
+        app.add_js_file(path, priority=300 + i)
+    # Altair's loader skips a library whose VEGA_DEBUG.<name>_version equals the version it wants
+    debug = {f"{k.replace('-', '')}_version": v for k, v in wanted.items()}
+    app.add_js_file(
+        None, body=f"var VEGA_DEBUG = Object.assign(window.VEGA_DEBUG || {{}}, {json.dumps(debug)});", priority=310
+    )
+    # where RequireJS is on the page, Altair asks it for "vega-embed": name the globals for it first
+    app.add_js_file(
+        None,
+        body=(
+            'if (typeof define === "function" && define.amd) {'
+            ' define("vega", [], function () { return window.vega; });'
+            ' define("vega-lite", [], function () { return window.vegaLite; });'
+            ' define("vega-embed", [], function () { return window.vegaEmbed; }); }'
+        ),
+        priority=600,
+    )
+
+
 def _dedupe_assets(app, pagename, templatename, context, doctree):
     """Drop scripts and stylesheets that are included twice with identical attributes.
 
@@ -196,11 +273,15 @@ def _dedupe_assets(app, pagename, templatename, context, doctree):
 
 
 def setup(app: Sphinx) -> dict:
+    # notebooks executed by this build inherit it (their kernels are child processes)
+    os.environ["MINIMIND_BOOK_BUILD"] = "1"
     app.add_directive("chapter-overview", ChapterOverview)
     app.add_directive("book-statistics", BookStatistics)
     app.connect("env-get-outdated", _always_reread)
     app.connect("env-purge-doc", _purge)
     app.connect("env-merge-info", _merge)
     app.connect("config-inited", _check_offline_assets, priority=900)
+    app.connect("config-inited", _check_vega_assets, priority=900)
+    app.connect("html-page-context", _add_vega, priority=400)
     app.connect("html-page-context", _dedupe_assets, priority=900)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fetch the book's browser assets (MathJax, the Jupyter widget manager, RequireJS) from npm.
+"""Fetch the book's browser assets (MathJax, the Jupyter widget manager, RequireJS, Vega) from npm.
 
 The built book must typeset its math and show its widgets with no internet access, and from any
 web host. So instead of the public CDNs that Sphinx and myst-nb use by default, the book serves
@@ -64,6 +64,24 @@ PINS = {
         "2.3.8",
         "sha512-7/cTSLOdYkNBNJcDMWf+luFvMriVm7eYxp4BcFCsAX0wF421Vyce5SXP17c+Jd5otXKGNehIonFlyQXSowL6Mw==",
         [("require.js", "requirejs"), ("README.md", "requirejs")],  # the README holds its licence
+    ),
+    # The explorers (minimind_ref.lab.explorer) are Altair charts, i.e. Vega-Lite specifications that
+    # these three libraries render in the page. The majors must be those Altair's HTML asks for
+    # (altair.VEGA_VERSION, VEGALITE_VERSION, VEGAEMBED_VERSION; _ext/book_pages.py checks them).
+    "vega": (
+        "6.3.0",
+        "sha512-L/ykPslBI5QiElzs7jD01c/0EP2yzJ0SdQ3WLZkgBsmykNkhfilWLAa24RzDx67rilNLdeBCJVCmogi40xJ6yA==",
+        [("build/vega.min.js", "vega"), ("LICENSE", "vega/vega")],
+    ),
+    "vega-lite": (
+        "6.4.1",
+        "sha512-KO3ybHNouRK4A0al/+2fN9UqgTEfxrd/ntGLY933Hg5UOYotDVQdshR3zn7OfXwQ7uj0W96Vfa5R+QxO8am3IQ==",
+        [("build/vega-lite.min.js", "vega"), ("LICENSE", "vega/vega-lite")],
+    ),
+    "vega-embed": (
+        "7.3.0",
+        "sha512-wQ8s5GaSzqoKgmRfbRolgBrjE2CP7ZKHXqH7NijxMqPjpdWxSs4Dn8tvp9g0giQvh2cK+3p56sxjWWM0wNngGw==",
+        [("build/vega-embed.min.js", "vega"), ("LICENSE", "vega/vega-embed")],
     ),
 }
 

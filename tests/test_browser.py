@@ -11,15 +11,20 @@ asserts what a reader would see:
 * every image has loaded (``naturalWidth > 0``);
 * no JavaScript error and no failed resource in the console;
 * every widget of the page shows its initial state (each embedded widget view rendered, none
-  reporting an error), and a chapter whose code uses ipywidgets has widget views at all (so
-  widgets cannot silently vanish from the HTML).
+  reporting an error), and no page holds an ipywidgets control (a slider that does nothing without
+  a kernel);
+* every explorer (an Altair/Vega-Lite chart, ``minimind_ref.lab.explorer``) has rendered, a chapter
+  has as many as its code makes, and moving each of its sliders changes the figure, offline
+  (``test_explorers_respond``).
 
 The pages are served under a sub-path of a fake host (``http://book.test/minimind-textbook/``),
 as a web host such as GitHub Pages would, so an absolute asset path would be caught; and each page is
 also opened from disk (``file://``), as a reader who runs ``make book`` does.
 
-Screenshots of every page, whole, in tiles of 2400 pixels, in the theme's light and dark modes,
-are saved under ``_build/screenshots/<page>.<mode>.<tile>.png`` as test artefacts (look at them).
+Screenshots of every page in the theme's light and dark modes are saved under
+``_build/screenshots/<page>.<mode>.<tile>.png`` as test artefacts (look at them): the first tile of
+2400 pixels by default, the whole page with ``BOOK_SCREENSHOTS=all`` (``make screenshots``; a
+chapter is some 20 tiles a mode, and each takes seconds to capture).
 The browser is driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``): no
 extra Python package and no port.
 
@@ -320,7 +325,7 @@ class Tab:
     def screenshot(self, stem: Path) -> list[Path]:
         """The whole page, in tiles of TILE pixels: <stem>.01.png, <stem>.02.png, ..."""
         height = int(self.evaluate("Math.ceil(document.documentElement.scrollHeight)"))
-        height = min(height, MAX_HEIGHT)
+        height = min(height, MAX_HEIGHT if os.environ.get("BOOK_SCREENSHOTS") == "all" else TILE)
         self.call(
             "Emulation.setDeviceMetricsOverride",
             {"width": WIDTH, "height": min(height, TILE), "deviceScaleFactor": 1, "mobile": False},
@@ -367,7 +372,9 @@ SETTLE_JS = r"""
     }
     const widgetsDone = views().every(rendered);
     const imagesDone = Array.from(document.images).every((i) => i.complete);
-    if (mjReady && widgetsDone && imagesDone) break;
+    const chartsDone = Array.from(document.querySelectorAll("div[id^='altair-viz-']"))
+      .every((d) => d.querySelector("svg") || d.querySelector(".error"));
+    if (mjReady && widgetsDone && imagesDone && chartsDone) break;
     await sleep(200);
   }
   await sleep(300);  // let the last layout settle before measuring and screenshots
@@ -392,20 +399,55 @@ SETTLE_JS = r"""
             error: !ok ? "not rendered"
               : area.textContent.includes("Error displaying widget") ? area.textContent.slice(0, 200) : ""};
   });
-  const widgetState = document.querySelectorAll('script[type="application/vnd.jupyter.widget-state+json"]').length;
-  return {math, mjx, mjxErrors, raw, images, widgetViews, widgetState,
+  const stateTags = document.querySelectorAll('script[type="application/vnd.jupyter.widget-state+json"]');
+  const widgetState = stateTags.length;
+  const widgetModels = Array.from(stateTags).flatMap((t) => {
+    try { return Object.values(JSON.parse(t.textContent).state || {}).map((m) => m.model_name); }
+    catch (e) { return ["unparsable widget state"]; }
+  });
+  const charts = Array.from(document.querySelectorAll("div[id^='altair-viz-']")).map((d) => ({
+    id: d.id, svg: !!d.querySelector("svg"),
+    error: (d.querySelector(".error") || {}).textContent || "",
+    bindings: d.querySelectorAll(".vega-bindings input, .vega-bindings select").length,
+  }));
+  return {math, mjx, mjxErrors, raw, images, widgetViews, widgetState, widgetModels, charts,
           mathjaxLoaded: !!(window.MathJax && window.MathJax.version), title: document.title};
 })()
 """
 
 
-def notebook_uses_widgets(docname: str) -> bool:
+def notebook_code(docname: str) -> str:
     path = ROOT / f"{docname}.ipynb"
     if not path.exists():
-        return False
+        return ""
     cells = json.loads(path.read_text())["cells"]
-    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    return "ipywidgets" in code or "interact(" in code or "minimind_ref.lab.widgets" in code or "explorer(" in code
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def explorer_calls(docname: str) -> int:
+    """How many explorers the notebook's code makes (calls of ``explorer(``, not its import)."""
+    return sum(line.lstrip().startswith(("explorer(", "_ = explorer(")) for line in notebook_code(docname).splitlines())
+
+
+#: ipywidgets models a reader would try to move: in a page without a kernel they do nothing
+CONTROL_MODELS = {
+    "IntSliderModel",
+    "FloatSliderModel",
+    "FloatLogSliderModel",
+    "IntRangeSliderModel",
+    "FloatRangeSliderModel",
+    "SelectionSliderModel",
+    "DropdownModel",
+    "RadioButtonsModel",
+    "ToggleButtonsModel",
+    "CheckboxModel",
+    "ToggleButtonModel",
+    "ButtonModel",
+    "TextModel",
+    "IntTextModel",
+    "FloatTextModel",
+    "SelectModel",
+}
 
 
 PAGES = toc_pages()
@@ -454,11 +496,14 @@ def check_page(page: str, where: str, info: dict, errors: list, external: list, 
     assert not bad_views, f"{page} ({where}): widget views without their initial state: {bad_views}"
     if info["widgetViews"]:
         assert info["widgetState"] == 1, f"{page} ({where}): widget views but no embedded widget state"
-    if notebook_uses_widgets(page):
-        assert info["widgetViews"], (
-            f"{page} ({where}): the notebook uses ipywidgets but the page has no widget "
-            "view (was the widget state saved when the book executed it?)"
-        )
+    dead = sorted(set(info["widgetModels"]) & CONTROL_MODELS)
+    assert not dead, f"{page} ({where}): ipywidgets controls in the HTML, which do nothing without a kernel: {dead}"
+    bad_charts = [c for c in info["charts"] if not c["svg"] or c["error"]]
+    assert not bad_charts, f"{page} ({where}): explorers that did not render: {bad_charts}"
+    wanted = explorer_calls(page)
+    assert len(info["charts"]) >= wanted, (
+        f"{page} ({where}): the notebook makes {wanted} explorers but the page shows {len(info['charts'])}"
+    )
 
 
 def load_and_settle(tab: Tab, url: str) -> dict:
@@ -491,7 +536,7 @@ def test_page_renders_offline(browser, page):
         tab.close()
     print(
         f"{page}: {load_s:.1f} s, {info['math']} math, {info['mjx']} typeset, {len(info['images'])} images, "
-        f"{len(info['widgetViews'])} widget views"
+        f"{len(info['widgetViews'])} widget views, {len(info['charts'])} explorers"
     )
     check_page(page, "web host", info, errors, external, missing)
 
@@ -508,3 +553,59 @@ def test_page_renders_from_disk(browser, page):
     finally:
         tab.close()
     check_page(page, "file://", info, errors, external, missing)
+
+
+# Moves every slider of every explorer in turn and reports whether the chart's SVG changed.
+MOVE_SLIDERS_JS = r"""
+(async () => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const fire = (el) => { el.dispatchEvent(new Event("input", {bubbles: true}));
+                         el.dispatchEvent(new Event("change", {bubbles: true})); };
+  const results = [];
+  for (const chart of document.querySelectorAll("div[id^='altair-viz-']")) {
+    const svg = () => (chart.querySelector("svg") || {}).innerHTML || "";
+    const groups = new Map();  // one control per binding: a radio group counts once
+    for (const el of chart.querySelectorAll(".vega-bindings input, .vega-bindings select")) {
+      const key = el.type === "radio" ? "radio:" + el.name : "el:" + groups.size;
+      if (!groups.has(key)) groups.set(key, el);
+    }
+    for (const [key, el] of groups) {
+      const label = (el.closest(".vega-bind") || el.parentElement).textContent.trim().slice(0, 40);
+      const before = svg();
+      if (el.type === "range") {
+        el.value = (Number(el.value) === Number(el.min)) ? el.max : el.min;
+        fire(el);
+      } else if (el.type === "radio") {
+        const other = Array.from(chart.querySelectorAll(`input[type=radio][name="${el.name}"]`))
+          .find((r) => !r.checked);
+        if (other) { other.checked = true; other.click(); fire(other); }
+      } else if (el.tagName === "SELECT") {
+        el.selectedIndex = el.selectedIndex === 0 ? el.options.length - 1 : 0;
+        fire(el);
+      }
+      let changed = false;
+      for (let t = 0; t < 30 && !changed; t++) { await sleep(100); changed = svg() !== before; }
+      results.push({chart: chart.id, control: label, changed});
+    }
+  }
+  return results;
+})()
+"""
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if explorer_calls(p)])
+def test_explorers_respond(browser, page):
+    """Offline, each slider of each explorer redraws its chart (no dead sliders in the HTML)."""
+    tab = Tab(browser)
+    try:
+        info = load_and_settle(tab, BASE + f"{page}.html")
+        moves = tab.evaluate(MOVE_SLIDERS_JS, timeout=PAGE_TIMEOUT)
+        errors, external = list(tab.errors), list(tab.external)
+    finally:
+        tab.close()
+    assert info["charts"], f"{page}: no explorer rendered"
+    assert moves, f"{page}: explorers without sliders"
+    dead = [m for m in moves if not m["changed"]]
+    assert not dead, f"{page}: moving these sliders changed nothing: {dead}"
+    assert not external and not errors, f"{page}: while moving sliders: {external or errors}"
+    print(f"{page}: {len(moves)} sliders moved in {len(info['charts'])} explorers, each redrew its chart")

@@ -165,34 +165,6 @@ def test_book_style_gives_opaque_white_figures(agg):
         plots.label(ax, "t", "", "y")
 
 
-def test_explore_draws_static_small_multiples(agg):
-    from minimind_ref.lab.widgets import explore
-
-    ex = explore(nl.plot_norm_vector, {"mu": (-3.0, 3.0, 0.1), "sigma": (0.1, 3.0, 0.1), "eps": ("log", -8, 0)},
-                 [dict(mu=0.0, sigma=1.0, eps=1e-5), dict(mu=2.0, sigma=0.5, eps=1e-5),
-                  dict(mu=0.0, sigma=0.01, eps=1e-2)], title="test")
-    visible = [a for a in ex.figure.axes if a.get_visible()]
-    assert len(visible) == 3
-    assert all(a.get_xlabel() and a.get_ylabel() and a.get_title() for a in visible)
-    assert ex.widget is None  # no kernel under pytest
-    with pytest.raises(ValueError):
-        explore(nl.plot_norm_vector, {"mu": (-3.0, 3.0, 0.1)}, [dict(sigma=1.0)], title="x")
-
-
-def test_explore_builds_widgets_when_asked(agg):
-    pytest.importorskip("ipywidgets")
-    from minimind_ref.lab.widgets import explore, make_widget
-
-    ex = explore(nl.plot_dtype_behaviour, {"statistics": ["float32 (minimind_ref)", "input dtype (naive)"],
-                                           "eps": ("log", -8, -2), "dim": (64, 1024, 64)},
-                 [dict(statistics="float32 (minimind_ref)", eps=1e-5, dim=128)], title="t", interactive=True)
-    assert ex.widget is not None
-    assert type(make_widget("n", (1, 9, 1))).__name__ == "IntSlider"
-    assert type(make_widget("b", True)).__name__ == "Checkbox"
-    with pytest.raises(TypeError):
-        make_widget("bad", object())
-
-
 # ----------------------------------------------------------------------------- timing
 
 

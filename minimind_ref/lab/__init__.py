@@ -9,8 +9,9 @@ Submodules (import them explicitly, e.g. ``from minimind_ref.lab import symbolic
   compare a sympy result with PyTorch autograd in float64 and raise ``SymbolicMismatch`` if they differ.
 - ``plots``: ``use_book_style()`` (white-card figures legible in light and dark mode), ``label``,
   ``subplots``, ``COLORS``.
-- ``widgets``: ``explore(plot, sliders, static, title=...)``: static small multiples for the HTML
-  plus an ipywidgets explorer when a kernel runs.
+- ``explorer``: ``explorer(compute, grid, draw, title=...)``: an interactive Vega-Lite chart
+  precomputed over a grid of slider settings (works in the static HTML, offline), plus live
+  ipywidgets sliders in a running kernel; ``lines`` and ``encode`` make the common ``draw``s.
 - ``timing``: ``compare({...})`` over ``torch.utils.benchmark`` (medians, ratios, the device) and
   ``bandwidth()``.
 - ``normalization``: chapter 1's normalisers, dtype experiments and widget plots.

@@ -1,4 +1,4 @@
-"""Chapter 1's experiments as functions: normalisers, dtype behaviour, and the widgets' plots.
+"""Chapter 1's experiments as functions: normalisers, dtype behaviour, and the explorers' data.
 
 The chapter's explorers call these (tested) functions, so what the sliders show is what
 ``tests/test_lab.py`` checks. The normalisers are written out plainly (no fused kernels) to be read.
@@ -17,8 +17,8 @@ __all__ = [
     "naive_rms_norm",
     "prms_norm",
     "norm_error_vs_scale",
-    "plot_norm_vector",
-    "plot_dtype_behaviour",
+    "norm_vector_rows",
+    "dtype_error_rows",
 ]
 
 
@@ -55,8 +55,9 @@ def prms_norm(x: torch.Tensor, p: float = 0.0625, eps: float = 1e-5) -> torch.Te
     return x / torch.sqrt((x[..., :k] ** 2).mean(-1, keepdim=True) + eps)
 
 
-def norm_error_vs_scale(scales, dtype: torch.dtype, *, upcast: bool, dim: int = 512, eps: float = 1e-5,
-                        seed: int = 0) -> torch.Tensor:
+def norm_error_vs_scale(
+    scales, dtype: torch.dtype, *, upcast: bool, dim: int = 512, eps: float = 1e-5, seed: int = 0
+) -> torch.Tensor:
     """Largest |error| of RMSNorm's output in ``dtype`` against float64, per input scale.
 
     The input is a fixed random vector scaled so that its largest |component| equals each value of
@@ -83,40 +84,72 @@ def norm_error_vs_scale(scales, dtype: torch.dtype, *, upcast: bool, dim: int = 
     return torch.tensor(errs, dtype=torch.float64)
 
 
-def plot_norm_vector(ax, mu: float = 0.0, sigma: float = 1.0, eps: float = 1e-5, n: int = 16) -> None:
-    """Components of a vector (mean ``mu``, std ``sigma``) before and after LayerNorm and RMSNorm."""
-    from .plots import COLORS
-
+def norm_vector_rows(mu: float = 0.0, sigma: float = 1.0, eps: float = 1e-5, n: int = 12) -> list[dict]:
+    """Explorer rows: the components of a vector (mean ``mu``, std ``sigma``) before and after
+    LayerNorm and RMSNorm, as {component, value, series}."""
     x = vector_with_stats(mu, sigma, n)
-    ln, rms = layer_norm(x, eps), rms_norm(x, eps)
-    x, ln, rms = x.numpy(), ln.numpy(), rms.numpy()
-    i = torch.arange(n, dtype=torch.float64).numpy()
-    w = 0.27
-    ax.bar(i - w, x, w, color=COLORS["input"], label="input x")
-    ax.bar(i, ln, w, color=COLORS["layernorm"], label="LayerNorm(x)")
-    ax.bar(i + w, rms, w, color=COLORS["rmsnorm"], label="RMSNorm(x)")
-    ax.axhline(0, color="#444444", linewidth=0.8)
-    ax.set_xlabel("component index i (dimensionless)")
-    ax.set_ylabel("value (dimensionless)")
-    ax.set_title(f"mu={mu:g}, sigma={sigma:g}, eps={eps:g}")
-    ax.legend(loc="best", fontsize=8)
+    series = {"input x": x, "LayerNorm(x)": layer_norm(x, eps), "RMSNorm(x)": rms_norm(x, eps)}
+    return [{"component": i, "value": float(v[i]), "series": name} for name, v in series.items() for i in range(n)]
 
 
-def plot_dtype_behaviour(ax, statistics: str = "float32 (minimind_ref)", eps: float = 1e-5, dim: int = 512) -> None:
-    """Error of RMSNorm's output against float64 as the input scale grows, per dtype (log-log)."""
-    from .plots import COLORS
-
+def dtype_error_rows(statistics: str = "float32 (minimind_ref)", eps: float = 1e-5, dim: int = 512) -> list[dict]:
+    """Explorer rows: RMSNorm's output error against float64 as the input grows, per dtype, as
+    {scale, error, dtype}; ``statistics`` is "float32 (minimind_ref)" (upcast) or "input dtype (naive)".
+    A non-finite output (float16 overflow) is shown at the cap of 10."""
+    if statistics not in ("float32 (minimind_ref)", "input dtype (naive)"):
+        raise ValueError(f"statistics must be 'float32 (minimind_ref)' or 'input dtype (naive)', got {statistics!r}")
     upcast = statistics.startswith("float32")
-    scales = torch.logspace(-3, 4, 57, dtype=torch.float64)
-    cap = 10.0  # plot non-finite outputs at the top of the axis
+    scales = torch.logspace(-3, 4, 29, dtype=torch.float64)
+    rows = []
     for dt in (torch.float32, torch.bfloat16, torch.float16):
-        err = norm_error_vs_scale(scales, dt, upcast=upcast, dim=dim, eps=eps).clamp(min=1e-9, max=cap)
+        err = norm_error_vs_scale(scales, dt, upcast=upcast, dim=dim, eps=eps).clamp(min=1e-9, max=10.0)
         name = str(dt).removeprefix("torch.")
-        ax.loglog(scales.numpy(), err.numpy(), marker=".", color=COLORS[name], label=name)
-    ax.axvline(256, color="#444444", linestyle="--", linewidth=1)
-    ax.text(256 * 1.15, 3e-8, "|x| = 256:\nfloat16 x^2 overflows", fontsize=8)
-    ax.set_ylim(1e-9, cap * 2)
-    ax.set_xlabel("largest |x_i| of the input (log scale)")
-    ax.set_ylabel("max |error| of output vs float64")
-    ax.set_title(f"statistics in {statistics}")
-    ax.legend(loc="upper left", fontsize=8)
+        rows += [{"scale": float(s), "error": float(e), "dtype": name} for s, e in zip(scales, err, strict=True)]
+    return rows
+
+
+def draw_norm_vector(base):
+    """Explorer ``draw``: grouped bars of input, LayerNorm and RMSNorm per component."""
+    import altair as alt
+
+    order = ["input x", "LayerNorm(x)", "RMSNorm(x)"]
+    return base.mark_bar().encode(
+        x=alt.X("component:O", title="component index i"),
+        xOffset=alt.XOffset("series:N", sort=order),
+        y=alt.Y("value:Q", title="value (dimensionless)"),
+        color=alt.Color(
+            "series:N",
+            sort=order,
+            legend=alt.Legend(orient="bottom", title=None),
+            scale=alt.Scale(domain=order, range=["#7f7f7f", "#0072B2", "#D55E00"]),
+        ),
+        tooltip=["series:N", "component:O", alt.Tooltip("value:Q", format=".4f")],
+    )
+
+
+def draw_dtype_errors(base):
+    """Explorer ``draw``: output error against input scale per dtype (log-log), float16's x^2 limit marked."""
+    import altair as alt
+
+    order = ["float32", "bfloat16", "float16"]
+    x = alt.X("scale:Q", scale=alt.Scale(type="log"), title="largest |x_i| of the input (log scale)")
+    curves = base.mark_line(point=True, clip=True).encode(
+        x=x,
+        y=alt.Y(
+            "error:Q",
+            scale=alt.Scale(type="log", domain=[1e-9, 20]),
+            axis=alt.Axis(format="~e"),
+            title="max |error| vs float64 (log)",
+        ),
+        color=alt.Color(
+            "dtype:N",
+            sort=order,
+            legend=alt.Legend(orient="bottom", title=None),
+            scale=alt.Scale(domain=order, range=["#0072B2", "#D55E00", "#009E73"]),
+        ),
+        tooltip=["dtype:N", alt.Tooltip("scale:Q", format=".3g"), alt.Tooltip("error:Q", format=".2e")],
+    )
+    limit = alt.Chart(alt.Data(values=[{"scale": 256.0, "note": "256: float16 x² overflows"}]))
+    rule = limit.mark_rule(strokeDash=[5, 4], color="#444444").encode(x=x)
+    note = limit.mark_text(align="left", dx=4, dy=-90, fontSize=11, color="#444444").encode(x=x, text="note:N")
+    return curves + rule + note
