@@ -133,6 +133,21 @@ def test_live_sliders_call_compute_at_any_value():
     assert calls[-1][0] == 2.37
 
 
+def test_live_sliders_give_ints_for_an_int_grid():
+    pytest.importorskip("ipywidgets")
+    seen = []
+
+    def compute(dim):
+        assert isinstance(dim, int), f"compute got {dim!r}"
+        seen.append(dim)
+        return {"x": [0, 1], "y": [0, dim]}
+
+    result = ex.explorer(compute, {"dim": [64, 256, 1024, 4096]}, ex.lines("x:Q", "y:Q"), title="t", live=True)
+    slider = next(w for w in result.widget.children if type(w).__name__ == "FloatLogSlider")
+    slider.value = 300.7
+    assert seen[-1] == 301
+
+
 def test_no_live_sliders_while_the_book_is_built(monkeypatch):
     monkeypatch.setenv("MINIMIND_BOOK_BUILD", "1")
     monkeypatch.setattr(ex, "in_kernel", lambda: True)

@@ -130,6 +130,12 @@ class _Slider:
             return f"abs({col} - {p}) < {abs(self.step) / 2!r}"
         return f"{col} == {p}"
 
+    def cast(self, value: Any) -> Any:
+        """A live widget's value as compute() expects it: an int grid gets ints (a log slider gives floats)."""
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in self.values):
+            return int(round(value))
+        return value
+
     def widget(self, default: Any):
         """An ipywidgets control over the grid's range (any value, not only the grid's)."""
         import ipywidgets as W
@@ -313,9 +319,14 @@ def _live(compute, sliders, default, draw, title, width, height):
         with out:
             _show(chart)
 
+    by_name = {s.name: s for s in sliders}
+
+    def current() -> dict:
+        return {k: by_name[k].cast(w.value) for k, w in controls.items()}
+
     for c in controls.values():
-        c.observe(lambda _change: redraw(**{k: w.value for k, w in controls.items()}), names="value")
-    redraw(**{k: w.value for k, w in controls.items()})
+        c.observe(lambda _change: redraw(**current()), names="value")
+    redraw(**current())
     header = W.HTML(f"<b>Live: {title}</b> (these sliders call the function itself, at any value in range)")
     box = W.VBox([header, *controls.values(), out])
     display(box)
