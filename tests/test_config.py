@@ -57,7 +57,7 @@ def test_yarn_switch_and_explicit_dict():
         c.rope_scaling["beta_slow"],
         c.rope_scaling["attention_factor"],
     ) == (16, 2048, 32, 1, 1.0)
-    c2 = MiniMindConfig(rope_scaling={"factor": 4, "beta_fast": 4})
+    c2 = MiniMindConfig(rope_scaling={"type": "yarn", "factor": 4, "beta_fast": 4})
     assert c2.rope_scaling["factor"] == 4 and c2.rope_scaling["original_max_position_embeddings"] == 2048
 
 
