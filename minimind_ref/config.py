@@ -117,6 +117,7 @@ class MiniMindConfig:
         if self.num_key_value_heads is None:  # upstream's convention for plain multi-head attention
             self.num_key_value_heads = self.num_attention_heads
         self._check_types()
+        self._derived = {}  # field -> (value, the fields it came from): a later change of those is caught
         if self.head_dim is None:
             _require(
                 self.hidden_size % self.num_attention_heads == 0,
@@ -131,9 +132,11 @@ class MiniMindConfig:
                 "must give an even head_dim = hidden_size // num_attention_heads (RoPE rotates pairs)",
                 f"{self.num_attention_heads} -> head_dim {self.head_dim}",
             )
+            self._derived["head_dim"] = (self.head_dim, (self.hidden_size, self.num_attention_heads))
         if self.intermediate_size is None:
             # 8/3 keeps a 3-matrix SwiGLU at the parameter count of a 4x ReLU FFN; 64 aligns it for matmul tiles
             self.intermediate_size = 64 * math.ceil(self.hidden_size * 8 / 3 / 64)
+            self._derived["intermediate_size"] = (self.intermediate_size, (self.hidden_size, self.num_attention_heads))
         if self.rope_scaling is None and self.inference_rope_scaling:
             self.rope_scaling = dict(DEFAULT_YARN)
         elif isinstance(self.rope_scaling, dict):
@@ -252,6 +255,20 @@ class MiniMindConfig:
             _require(v is None or 0 <= v < self.vocab_size, name, f"must be in [0, vocab_size={self.vocab_size})", v)
         if self.rope_scaling is not None:
             self._check_rope_scaling()
+        _require(
+            self.rope_scaling is not None or not self.inference_rope_scaling,
+            "inference_rope_scaling",
+            "is True but rope_scaling is None (changed after construction? build a new MiniMindConfig)",
+            self.inference_rope_scaling,
+        )
+        for name, (value, sources) in getattr(self, "_derived", {}).items():
+            _require(
+                getattr(self, name) != value or sources == (self.hidden_size, self.num_attention_heads),
+                name,
+                "was derived from hidden_size and num_attention_heads, which changed after construction; "
+                "build a new MiniMindConfig (or set this field too)",
+                value,
+            )
         if self.use_moe:
             _require(self.n_routed_experts > 0, "n_routed_experts", "must be a positive integer", self.n_routed_experts)
             _require(
@@ -265,6 +282,8 @@ class MiniMindConfig:
                 self.scoring_func in SCORING_FUNCS, "scoring_func", f"must be one of {SCORING_FUNCS}", self.scoring_func
             )
             _require(self.aux_loss_alpha >= 0, "aux_loss_alpha", "must be >= 0", self.aux_loss_alpha)
+            width = self.moe_intermediate_size
+            _require(width is None or width > 0, "moe_intermediate_size", "must be a positive integer or None", width)
             _require(self.moe_variant in MOE_VARIANTS, "moe_variant", f"must be in {MOE_VARIANTS}", self.moe_variant)
 
     # --- round trip ------------------------------------------------------------
