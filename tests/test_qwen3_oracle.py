@@ -7,6 +7,7 @@ with ``MiniMindForCausalLM.from_pretrained`` (no flag saying which generation or
 logits (max abs diff < 1e-5), greedy tokens, cached decoding and a left-padded batch. The formats:
 
 * ``qwen-folder``: ``save_pretrained`` of the Qwen3 model (``model_type`` "qwen3" / "qwen3_moe");
+  ``qwen-sharded`` the same in several safetensors shards with an index;
 * ``qwen-fused``: a Qwen3-MoE state dict as transformers >= 5 holds it in memory (experts stacked into
   ``gate_up_proj`` / ``down_proj``), beside its config.json;
 * ``upstream-folder``: what upstream MiniMind-3's ``save_pretrained`` writes (``model_type`` "minimind",
@@ -98,6 +99,12 @@ def write_qwen_folder(hf, cfg, tmp_path):
     return tmp_path / "qwen"
 
 
+def write_qwen_sharded(hf, cfg, tmp_path):
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert len(list((tmp_path / "sharded").glob("model-*-of-*.safetensors"))) > 1
+    return tmp_path / "sharded"
+
+
 def write_qwen_fused(hf, cfg, tmp_path):
     state = hf.state_dict()
     if not any(k.endswith("experts.gate_up_proj") for k in state):
@@ -142,11 +149,17 @@ def write_pth(hf, cfg, tmp_path):
 
 WRITERS = {
     "qwen-folder": write_qwen_folder,
+    "qwen-sharded": write_qwen_sharded,
     "qwen-fused": write_qwen_fused,
     "upstream-folder": write_upstream_folder,
     "pth": write_pth,
 }
-CASES = [(fmt, moe) for moe in (False, True) for fmt in WRITERS if moe or fmt != "qwen-fused"]
+CASES = [
+    (fmt, moe)
+    for moe in (False, True)
+    for fmt in WRITERS
+    if (moe or fmt != "qwen-fused") and (not moe or fmt != "qwen-sharded")
+]
 
 
 def _ids(cfg, batch, seq, seed=1):
