@@ -118,7 +118,7 @@ class MiniMindConfig:
             self.num_key_value_heads = self.num_attention_heads
         self._check_types()
         self._derived = {}  # field -> (value, the fields it came from): a later change of those is caught
-        if self.head_dim is None:
+        if self.head_dim is None and self.num_attention_heads > 0:  # (validate() names a non-positive count)
             _require(
                 self.hidden_size % self.num_attention_heads == 0,
                 "hidden_size",

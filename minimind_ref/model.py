@@ -441,7 +441,7 @@ class MiniMindForCausalLM(nn.Module):
             raise TypeError(f"config must be a MiniMindConfig or None, got {type(config).__name__}")
         path = Path(path)
         if not path.exists():
-            hub = len(path.parts) == 2 and not str(path).startswith((".", "/", "~"))
+            hub = len(path.parts) == 2 and not path.suffix and not str(path).startswith((".", "/", "~"))
             raise FileNotFoundError(
                 f"from_pretrained: {path} does not exist"
                 + (" (it looks like a hub id: minimind_ref reads local files only, downloading is not its job; "

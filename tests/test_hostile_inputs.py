@@ -34,6 +34,7 @@ BAD_CONFIGS = [
     (dict(hidden_size=512.0), TypeError, "hidden_size"),
     (dict(num_hidden_layers=True), TypeError, "num_hidden_layers"),
     (dict(vocab_size=None), TypeError, "vocab_size"),
+    (dict(num_attention_heads=0), ValueError, "num_attention_heads"),
     (dict(rms_norm_eps="1e-5"), TypeError, "rms_norm_eps"),
     (dict(rope_theta="1e6"), TypeError, "rope_theta"),
     (dict(dropout="0.1"), TypeError, "dropout"),
