@@ -30,7 +30,7 @@ def run(device: torch.device, quick: bool = False) -> tuple[list[Row], dict]:
                                pad_token_id=0, bos_token_id=cfg.bos_token_id)
 
     def ours():
-        return mm.generate(x, max_new_tokens=new, do_sample=False, eos_token_id=None)
+        return mm.generate(x, max_new_tokens=new, do_sample=False, eos_token_id=[])
 
     def hf():
         with torch.inference_mode(), warnings.catch_warnings():

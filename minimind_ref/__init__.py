@@ -4,8 +4,9 @@ One module per component: ``norm`` (ch. 1), ``rope`` (ch. 2), ``attention`` (ch.
 ``moe`` (ch. 5), ``model`` (ch. 6), ``config``. Helpers for the chapters live in ``minimind_ref.lab``.
 """
 
+from .attention import KVCache
 from .config import MiniMindConfig
 from .model import CausalLMOutput, MiniMindBlock, MiniMindForCausalLM, MiniMindModel
 
-__all__ = ["MiniMindConfig", "MiniMindBlock", "MiniMindModel", "MiniMindForCausalLM", "CausalLMOutput"]
+__all__ = ["MiniMindConfig", "MiniMindBlock", "MiniMindModel", "MiniMindForCausalLM", "CausalLMOutput", "KVCache"]
 __version__ = "0.1.0"

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MiniMindConfig
+from .norm import RMSNorm
 from .rope import apply_rotary_pos_emb
 
 # SDPA learned native GQA (no materialised K/V copies) in torch 2.5
@@ -120,6 +121,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        # MiniMind-3's QK-norm: each head's query and key are RMS-normalised before RoPE, which bounds the
+        # attention logits; None (no parameters, no state-dict keys) for MiniMind2
+        self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)  # on the attention weights (explicit path)
         self.resid_dropout = nn.Dropout(config.dropout)  # on the output, before the residual add
@@ -138,6 +143,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(bsz, seq_len, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # over head_dim, per head and position
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)  # rotate before caching: the cache holds rotated keys
 

@@ -6,8 +6,9 @@ so its checkpoints load with ``strict=True``.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention, KVCache, make_attention_mask
+from .checkpoint import (
+    STANDARD_WEIGHTS,
+    find_weights,
+    load_state_dict_file,
+    resolve_dtype,
+    standard_weights,
+    unfuse_experts,
+    weight_files,
+)
 from .config import MiniMindConfig
 from .ffn import FeedForward
 from .moe import MoEFeedForward
@@ -68,15 +78,21 @@ class MiniMindModel(nn.Module):
         self.register_buffer("freqs_sin", sin, persistent=False)
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: KVCache | None) -> None:
-        """Raise ValueError for inputs that would otherwise give a silent wrong answer or a cryptic error."""
+        """Raise TypeError/ValueError, naming the argument, for inputs that would otherwise give a silent wrong
+        answer or a cryptic error."""
         cfg = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise ValueError(
-                f"input_ids must be an integer tensor of shape (batch, seq_len), got "
-                f"{getattr(input_ids, 'dtype', type(input_ids))} of shape {tuple(getattr(input_ids, 'shape', ()))}"
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int32):
+            raise TypeError(
+                f"input_ids must be an integer tensor (torch.long or torch.int32) of shape (batch, seq_len), got "
+                f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}"
             )
-        if input_ids.shape[1] == 0:
-            raise ValueError("input_ids has no tokens (seq_len 0)")
+        if input_ids.dim() != 2 or 0 in input_ids.shape:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), both > 0; got {tuple(input_ids.shape)}")
+        own_device = self.embed_tokens.weight.device
+        if input_ids.is_meta:
+            raise ValueError("input_ids is on the meta device: it holds no token values")
+        if input_ids.device != own_device:
+            raise ValueError(f"input_ids is on device {input_ids.device}, the model on {own_device}")
         if not torch.compiler.is_compiling():  # a check of values, not shapes: a compiled graph cannot branch on it
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= cfg.vocab_size:
@@ -105,12 +121,16 @@ class MiniMindModel(nn.Module):
                 f"RoPE table of max_position_embeddings={cfg.max_position_embeddings}"
             )
         if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_meta:
+                raise TypeError(f"attention_mask must be a tensor of 0/1 values, got {type(attention_mask).__name__}")
             expected = (input_ids.shape[0], total)
             if tuple(attention_mask.shape) != expected:
                 raise ValueError(
                     f"attention_mask has shape {tuple(attention_mask.shape)}, expected {expected} "
                     f"(batch, cached + new tokens)"
                 )
+            if not torch.compiler.is_compiling() and not ((attention_mask == 0) | (attention_mask == 1)).all():
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
 
     def forward(
         self,
@@ -148,9 +168,20 @@ class MiniMindModel(nn.Module):
 
 
 class MiniMindForCausalLM(nn.Module):
+    """MiniMind as a causal language model: ``MiniMindModel`` and a vocabulary head (tied to the embedding
+    unless ``config.tie_word_embeddings`` is False).
+
+    One class for both upstream generations: the config decides (``MiniMindConfig()`` is MiniMind2,
+    ``MiniMindConfig.minimind3(use_moe=...)`` MiniMind-3). ``forward`` computes logits and the losses,
+    ``generate`` decodes with a KV cache, ``from_pretrained`` / ``save_pretrained`` read and write checkpoints.
+    """
+
     def __init__(self, config: MiniMindConfig | None = None):
         super().__init__()
+        if config is not None and not isinstance(config, MiniMindConfig):
+            raise TypeError(f"config must be a MiniMindConfig, got {type(config).__name__}")
         self.config = config or MiniMindConfig()
+        self.config.validate()  # again: a field may have been changed since the config was built
         self.model = MiniMindModel(self.config)
         self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
         if self.config.tie_word_embeddings:
@@ -165,13 +196,32 @@ class MiniMindForCausalLM(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int | torch.Tensor = 0,
     ) -> CausalLMOutput:
+        """Logits of the next token at each position, and the losses.
+
+        input_ids: (B, T) token ids. attention_mask: (B, cached + T) of 1 for a real token and 0 for padding
+        (left padding for generation). labels: (B, T) targets, shifted inside (position t predicts label
+        t + 1), -100 where nothing counts. past_key_values / use_cache: continue from a ``KVCache`` and return
+        it. logits_to_keep: 0 for all positions, n for the last n, or a 1-D tensor of positions.
+        Returns ``CausalLMOutput(logits, loss, aux_loss, past_key_values)``; ``aux_loss`` sums the MoE layers'
+        balancing losses (training mode only; a zero tensor otherwise) and is not included in ``loss``.
+        """
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, (int, torch.Tensor)):
+            raise TypeError(f"logits_to_keep must be an int or a tensor of positions, got {logits_to_keep!r}")
+        if isinstance(logits_to_keep, int) and logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0 (0 keeps every position), got {logits_to_keep}")
         if labels is not None:
-            if tuple(labels.shape) != tuple(input_ids.shape):
+            if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+                raise TypeError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels))}")
+            if tuple(labels.shape) != tuple(getattr(input_ids, "shape", ())):
                 raise ValueError(
                     f"labels has shape {tuple(labels.shape)}, expected that of input_ids {tuple(input_ids.shape)}"
                 )
             if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
                 raise ValueError("labels need the logits of every position: use logits_to_keep=0 when computing a loss")
+            if not torch.compiler.is_compiling():
+                bad = (labels != -100) & ((labels < 0) | (labels >= self.config.vocab_size))
+                if bool(bad.any()):
+                    raise ValueError(f"labels must be in [0, vocab_size={self.config.vocab_size}) or -100")
         h, cache, aux_loss = self.model(input_ids, attention_mask, past_key_values, use_cache)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(h[:, keep, :])
@@ -192,31 +242,35 @@ class MiniMindForCausalLM(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        do_sample: bool = True,
-        eos_token_id: int | None = -1,
+        do_sample: bool = False,
+        eos_token_id: int | Sequence[int] | None = None,
         attention_mask: torch.Tensor | None = None,
         streamer: Callable[[torch.Tensor], None] | None = None,
         generator: torch.Generator | None = None,
+        repetition_penalty: float = 1.0,
     ) -> torch.Tensor:
-        """Extend each row by up to ``max_new_tokens`` tokens; returns (B, T + new) token ids.
+        """Extend each row of ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens; returns (B, T + new) ids.
 
-        Greedy when ``do_sample=False``. A row stops at ``eos_token_id`` (the config's by default,
-        None to never stop) and is padded with it while the others go on. ``attention_mask`` marks a
-        left-padded batch (1 real, 0 pad). ``streamer``, if given, is called with each new column (B,).
+        Greedy unless ``do_sample=True``, as in Hugging Face; sampling uses ``temperature``, ``top_k``,
+        ``top_p`` and ``generator``. ``repetition_penalty`` > 1 divides the positive logits (multiplies the
+        negative ones) of every token already in the row, prompt included, before the choice.
+        A row stops at ``eos_token_id`` and is padded with it while the others go on: None means the config's
+        EOS, a list gives several stop tokens, and ``eos_token_id=[]`` never stops (every row gets exactly
+        ``max_new_tokens`` tokens). ``attention_mask`` marks a left-padded batch (1 real, 0 padding before the
+        prompt); right padding is refused, since new tokens would follow the pads. ``streamer``, if given,
+        is called with each new column (B,).
         """
-        if eos_token_id == -1:
-            eos_token_id = self.config.eos_token_id
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if do_sample and temperature <= 0:
-            raise ValueError(
-                f"temperature must be > 0 when sampling, got {temperature} (use do_sample=False for greedy)"
-            )
-        if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k must be a positive integer, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        stop_ids = self._check_generate_args(
+            max_new_tokens, temperature, top_k, top_p, do_sample, eos_token_id, streamer, repetition_penalty
+        )
         self.model.check_inputs(input_ids, attention_mask, None)
+        if attention_mask is not None:
+            real = attention_mask.bool()
+            if not bool((real[:, 1:] >= real[:, :-1]).all() and real[:, -1].all()):
+                raise ValueError(
+                    "attention_mask: generate needs left padding (0s before each prompt, 1s to the end), and a row "
+                    "has a 0 after a 1 or ends in padding; pad on the left (tokenizer.padding_side = 'left')"
+                )
         bsz, prompt_len = input_ids.shape
         total = prompt_len + max_new_tokens
         if total > self.config.max_position_embeddings:
@@ -232,6 +286,12 @@ class MiniMindForCausalLM(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = attention_mask.new_ones(bsz, total)  # grows by one real column per step
             mask[:, :prompt_len] = attention_mask
+        seen = None  # (B, vocab) True for the tokens already in a row, for the repetition penalty
+        if repetition_penalty != 1.0:
+            real = torch.ones_like(input_ids, dtype=torch.long) if attention_mask is None else attention_mask.long()
+            counts = torch.zeros(bsz, self.config.vocab_size, dtype=torch.long, device=input_ids.device)
+            seen = counts.scatter_add_(1, input_ids.long(), real) > 0  # padding is not "already in the row"
+        stop = torch.tensor(stop_ids, device=input_ids.device, dtype=input_ids.dtype) if stop_ids else None
         cache = KVCache(self.config, bsz, capacity=total)
         finished = torch.zeros(bsz, dtype=torch.bool, device=input_ids.device)
         step_ids, n = input_ids, prompt_len
@@ -240,18 +300,64 @@ class MiniMindForCausalLM(nn.Module):
                 step_ids, None if mask is None else mask[:, :n], cache, use_cache=True, check=False
             )
             logits = self.lm_head(h[:, -1]).float()  # (B, vocab): only the last position is needed
+            if seen is not None:
+                penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+                logits = torch.where(seen, penalised, logits)
             next_tok = self._pick(logits, do_sample, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                next_tok = torch.where(finished, torch.full_like(next_tok, eos_token_id), next_tok)
-                finished |= next_tok == eos_token_id
+            if stop is not None:
+                next_tok = torch.where(finished, torch.full_like(next_tok, stop_ids[0]), next_tok)
+                finished |= torch.isin(next_tok, stop)
+            if seen is not None:
+                seen[torch.arange(bsz, device=seen.device), next_tok] = True
             out[:, n] = next_tok
             n += 1
             if streamer is not None:
                 streamer(next_tok)
-            if eos_token_id is not None and bool(finished.all()):
+            if stop is not None and bool(finished.all()):
                 break
             step_ids = next_tok[:, None]
         return out[:, :n]
+
+    def _check_generate_args(
+        self, max_new_tokens, temperature, top_k, top_p, do_sample, eos_token_id, streamer, repetition_penalty
+    ) -> list[int]:
+        """TypeError/ValueError naming the argument; returns the stop token ids (eos_token_id resolved)."""
+
+        def number(name: str, v, hi: float = math.inf) -> None:  # a finite number in (0, hi]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{name} must be a number, got {v!r}")
+            if not (math.isfinite(v) and 0 < v <= hi):
+                raise ValueError(f"{name} must be in (0, {hi}], got {v}")
+
+        for name, v in (("max_new_tokens", max_new_tokens), ("top_k", top_k)):
+            if (v is not None or name == "max_new_tokens") and (isinstance(v, bool) or not isinstance(v, int)):
+                raise TypeError(f"{name} must be an int{' or None' if name == 'top_k' else ''}, got {v!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if top_k is not None and top_k <= 0:
+            raise ValueError(f"top_k must be a positive integer (None: no top-k), got {top_k}")
+        if not isinstance(do_sample, bool):
+            raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise TypeError(f"temperature must be a number, got {temperature!r}")
+        if do_sample and not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(
+                f"temperature must be finite and > 0 when sampling (greedy: do_sample=False), got {temperature}"
+            )
+        if top_p is not None:
+            number("top_p", top_p, 1.0)
+        number("repetition_penalty", repetition_penalty)
+        if streamer is not None and not callable(streamer):
+            raise TypeError(f"streamer must be callable (it is called with each new column), got {streamer!r}")
+        if eos_token_id is None:
+            eos_token_id = self.config.eos_token_id
+        ids = [] if eos_token_id is None else [eos_token_id] if not isinstance(eos_token_id, Sequence) else eos_token_id
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise TypeError(f"eos_token_id must be an int, a list of ints or None, got {eos_token_id!r}")
+            if not 0 <= i < self.config.vocab_size:
+                raise ValueError(f"eos_token_id {i} is outside the vocabulary [0, {self.config.vocab_size})")
+        return list(ids)
 
     @staticmethod
     def _pick(
@@ -281,19 +387,35 @@ class MiniMindForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, path: str | Path, safe_serialization: bool = True) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.pth``) into folder ``path``."""
+        """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.pth``) into folder ``path``.
+
+        Weights under the standard names (``model.safetensors``, ``pytorch_model.bin`` / ``.pth``, sharded
+        indexes) left by an earlier save are removed, so the folder never holds two sets; any other weights
+        file in it is an error, since ``from_pretrained`` could not tell which one is current."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(self.config.to_json() + "\n")
+        name = "model.safetensors" if safe_serialization else "pytorch_model.pth"
+        strangers = [f.name for f in weight_files(path) if f.name not in STANDARD_WEIGHTS]
+        if strangers:
+            raise ValueError(
+                f"save_pretrained: {path} already holds weights this method did not write ({strangers}); "
+                "save into an empty folder or remove them"
+            )
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         if self.config.tie_word_embeddings:
             state.pop("lm_head.weight")  # the same tensor as the embedding; restored on load
+        tmp = path / (name + ".tmp")
         if safe_serialization:
-            save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+            save_file(state, str(tmp), metadata={"format": "pt"})
         else:
-            torch.save(state, path / "pytorch_model.pth")
+            torch.save(state, tmp)
+        os.replace(tmp, path / name)
+        for stale in standard_weights(path):
+            if stale.name != name:
+                stale.unlink()
+        (path / "config.json").write_text(self.config.to_json() + "\n")
 
     @classmethod
     def from_pretrained(
@@ -301,30 +423,48 @@ class MiniMindForCausalLM(nn.Module):
         path: str | Path,
         config: MiniMindConfig | None = None,
         map_location: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
     ) -> MiniMindForCausalLM:
-        """Load a folder with ``config.json`` and weights (``*.safetensors`` or a ``.pth``/``.bin`` state
-        dict), or a single weights file together with ``config``. Keys and shapes must match exactly."""
+        """Load a checkpoint from local files, in eval mode.
+
+        ``path`` is a folder with ``config.json`` and weights (``model.safetensors``, possibly sharded,
+        ``pytorch_model.bin``, or one ``.pth`` state dict), or a single weights file, whose config comes
+        from ``config`` or a ``config.json`` beside it. The config may be this library's, upstream
+        MiniMind2's or MiniMind-3's, or a Hugging Face Qwen3 / Qwen3-MoE export: the generation is read
+        from it. A released MiniMind-3 ``.pth`` carries no config: pass ``config=MiniMindConfig.minimind3(
+        use_moe=...)``. Keys and shapes must match exactly. ``dtype`` (alias ``torch_dtype``): a torch
+        dtype, its name (``"bfloat16"``) or ``"auto"`` for the stored one; None keeps float32.
+        """
+        dtype = resolve_dtype(dtype, torch_dtype)
+        if config is not None and not isinstance(config, MiniMindConfig):
+            raise TypeError(f"config must be a MiniMindConfig or None, got {type(config).__name__}")
         path = Path(path)
-        if path.is_dir():
-            if config is None:
-                cfg_file = path / "config.json"
-                if not cfg_file.exists():
-                    raise FileNotFoundError(f"{path} has no config.json; pass config=MiniMindConfig(...)")
-                config = MiniMindConfig.from_dict(json.loads(cfg_file.read_text()))
-            candidates = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth")) or sorted(path.glob("*.bin"))
-            if len(candidates) != 1:
-                raise FileNotFoundError(
-                    f"expected exactly one weights file (*.safetensors, *.pth or *.bin) in {path}, "
-                    f"found {[c.name for c in candidates]}"
-                )
-            weights = candidates[0]
-        else:
-            if config is None:
-                raise ValueError(f"{path} is a single weights file: pass config=MiniMindConfig(...) as well")
-            weights = path
+        if not path.exists():
+            hub = len(path.parts) == 2 and not path.suffix and not str(path).startswith((".", "/", "~"))
+            raise FileNotFoundError(
+                f"from_pretrained: {path} does not exist"
+                + (" (it looks like a hub id: minimind_ref reads local files only, downloading is not its job; "
+                   f"fetch it first, e.g. `hf download {path} --local-dir {path.name}`)" if hub else "")
+            )  # fmt: skip
+        folder = path if path.is_dir() else path.parent
+        files = find_weights(path) if path.is_dir() else [path]
+        if config is None and (folder / "config.json").is_file():
+            config = MiniMindConfig.from_json(folder / "config.json")
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            state.update(load_state_dict_file(f, map_location))
+        if config is None:
+            preset = (
+                "MiniMindConfig.minimind3(use_moe=...)"
+                if any(".q_norm." in k for k in state)
+                else "MiniMindConfig(...)"
+            )
+            raise ValueError(f"{path} comes without a config.json: pass config={preset} as well")
         model = cls(config)
-        model.load_checkpoint(load_state_dict_file(weights, map_location))
+        model.load_checkpoint(unfuse_experts(state))
+        if dtype == "auto":
+            dtype = next((v.dtype for v in state.values() if v.is_floating_point()), None)
         model.to(device=map_location, dtype=dtype)
         return model.eval()
 
@@ -360,18 +500,12 @@ class MiniMindForCausalLM(nn.Module):
                 parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
             if wrong:
                 parts.append(f"shape mismatches ({len(wrong)}): {wrong}")
+            ckpt_v3, cfg_v3 = any(".q_norm." in k for k in state), self.config.qk_norm
+            if ckpt_v3 != cfg_v3:
+                parts.append(
+                    "the checkpoint is MiniMind-3 (QK-norm): use MiniMindConfig.minimind3(use_moe=...)"
+                    if ckpt_v3
+                    else "the checkpoint has no QK-norm (MiniMind2?) but the config has qk_norm=True"
+                )
             raise ValueError("checkpoint does not match the model config:\n  " + "\n  ".join(parts))
         self.load_state_dict(state, strict=True)
-
-
-def load_state_dict_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a safetensors file or a plain ``torch.save``d state dict (never unpickling arbitrary code)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device=str(map_location))
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return state

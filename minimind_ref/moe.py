@@ -1,5 +1,8 @@
 """Mixture of experts: a softmax router, top-k routing, load balancing, shared experts (chapter 5).
 
+MiniMind-3 (``moe_variant="minimind3"``) uses the same layer with top-1 routing, no shared experts,
+its own expert width, a top-1 weight renormalised to 1 and the balancing count taken per token.
+
 Both modes group the (token, slot) pairs by expert with one sort and run each expert once on a
 contiguous block of its tokens, then scatter-add the weighted outputs back to their tokens:
 * training: every expert is called, even on an empty block, so each expert's parameters stay in
@@ -22,14 +25,15 @@ from .ffn import FeedForward
 
 
 def load_balancing_loss(
-    scores: torch.Tensor, topk_idx: torch.Tensor, n_experts: int, alpha: float, seq_aux: bool
+    scores: torch.Tensor, topk_idx: torch.Tensor, n_experts: int, alpha: float, seq_aux: bool, per_token: bool = False
 ) -> torch.Tensor:
     """alpha * N * sum_i f_i * P_i, averaged over sequences (``seq_aux``) or over the whole batch.
 
     scores: (B, L, N) router probabilities; topk_idx: (B, L, K) chosen experts.
     f_i is the fraction of the L*K selections that went to expert i (a count: no gradient);
     P_i is the mean router probability of expert i, through which the gradient flows.
-    Perfectly balanced routing gives exactly alpha.
+    Perfectly balanced routing gives exactly alpha. ``per_token`` (MiniMind-3) counts expert i's
+    selections per token instead, count_i / L: K times larger, the same for top-1 routing.
     """
     bsz, seq_len, k = topk_idx.shape
     if seq_aux:
@@ -37,10 +41,12 @@ def load_balancing_loss(
         counts.scatter_add_(
             1, topk_idx.reshape(bsz, -1), torch.ones_like(topk_idx.reshape(bsz, -1), dtype=scores.dtype)
         )
-        f = counts / (seq_len * k)  # (B, N), rows sum to 1
+        f = counts / (seq_len * (1 if per_token else k))  # (B, N), rows sum to 1 (or to K)
         P = scores.mean(dim=1)  # (B, N)
         return alpha * n_experts * (f * P).sum(dim=1).mean()
     f = F.one_hot(topk_idx.reshape(-1), n_experts).to(scores.dtype).mean(0)  # (N,)
+    if per_token:
+        f = f * k
     P = scores.reshape(-1, n_experts).mean(0)  # (N,)
     return alpha * n_experts * (f * P).sum()
 
@@ -55,6 +61,7 @@ class MoEGate(nn.Module):
         self.alpha = config.aux_loss_alpha
         self.seq_aux = config.seq_aux
         self.norm_topk_prob = config.norm_topk_prob
+        self.minimind3 = config.moe_variant == "minimind3"  # renormalise a top-1 weight too; count per token
         self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default initialisation
 
@@ -64,7 +71,7 @@ class MoEGate(nn.Module):
         logits = F.linear(hidden_states.reshape(-1, hidden), self.weight)  # (B*L, N)
         scores = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))  # route in >= fp32
         topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
-        if self.top_k > 1 and self.norm_topk_prob:
+        if self.norm_topk_prob and (self.top_k > 1 or self.minimind3):
             topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
         if self.training and self.alpha > 0.0:
             aux_loss = load_balancing_loss(
@@ -73,6 +80,7 @@ class MoEGate(nn.Module):
                 self.n_routed_experts,
                 self.alpha,
                 self.seq_aux,
+                per_token=self.minimind3,
             )
         else:
             aux_loss = scores.new_zeros(())
@@ -84,7 +92,8 @@ class MoEFeedForward(nn.Module):
         super().__init__()
         self.config = config
         self.top_k = config.num_experts_per_tok
-        self.experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_routed_experts)])
+        width = config.moe_intermediate_size  # None: the dense FFN's width
+        self.experts = nn.ModuleList([FeedForward(config, width) for _ in range(config.n_routed_experts)])
         self.gate = MoEGate(config)
         self.shared_experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_shared_experts)])
         self.aux_loss = torch.zeros(())

@@ -57,7 +57,7 @@ def test_yarn_switch_and_explicit_dict():
         c.rope_scaling["beta_slow"],
         c.rope_scaling["attention_factor"],
     ) == (16, 2048, 32, 1, 1.0)
-    c2 = MiniMindConfig(rope_scaling={"factor": 4, "beta_fast": 4})
+    c2 = MiniMindConfig(rope_scaling={"type": "yarn", "factor": 4, "beta_fast": 4})
     assert c2.rope_scaling["factor"] == 4 and c2.rope_scaling["original_max_position_embeddings"] == 2048
 
 
@@ -121,3 +121,22 @@ def test_unknown_keys_survive_the_round_trip():
 
 def test_no_kv_heads_means_multi_head_attention():
     assert MiniMindConfig(num_key_value_heads=None).num_key_value_heads == 8
+
+
+def test_config_dialects_of_upstream_exports():
+    """MiniMind2 and MiniMind-3 config.json files as upstream's save_pretrained writes them (transformers 5
+    moves rope_theta and the YaRN dict into rope_parameters)."""
+    v2 = {"model_type": "minimind", "hidden_size": 512, "n_routed_experts": 4, "aux_loss_alpha": 0.01,
+          "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}  # fmt: skip
+    c2 = MiniMindConfig.from_dict(v2)
+    assert (c2.rope_theta, c2.rope_scaling, c2.qk_norm, c2.moe_variant) == (1e4, None, False, "minimind2")
+    yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6, "original_max_position_embeddings": 2048}
+    assert MiniMindConfig.from_dict({**v2, "rope_parameters": yarn}).rope_scaling["factor"] == 4.0
+    v3 = {"model_type": "minimind", "hidden_size": 768, "use_moe": True, "num_experts": 4, "num_experts_per_tok": 1,
+          "moe_intermediate_size": 2432, "router_aux_loss_coef": 5e-4, "head_dim": 96, "rope_scaling": None,
+          "inference_rope_scaling": True, "rope_theta": 1e6}  # fmt: skip
+    c3 = MiniMindConfig.from_dict(v3)
+    assert c3.qk_norm and (c3.n_routed_experts, c3.aux_loss_alpha, c3.n_shared_experts) == (4, 5e-4, 0)
+    assert (c3.intermediate_size, c3.num_key_value_heads, c3.rms_norm_eps) == (2432, 4, 1e-6)  # v3's defaults
+    assert c3.rope_scaling == DEFAULT_YARN and c3.moe_variant == "minimind3"
+    assert MiniMindConfig.from_dict(c3.to_dict()) == c3  # written back in this library's own names

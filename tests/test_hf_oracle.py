@@ -126,7 +126,7 @@ def test_greedy_generate_same_tokens_as_llama(name, new_tokens):
     cfg = CONFIGS[name]()
     ours, hf = _pair(cfg)
     prompt = _ids(cfg, batch=1, seq=6)
-    a = ours.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    a = ours.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=[])
     b = hf.generate(prompt, max_new_tokens=new_tokens, do_sample=False)
     assert a.shape == (1, 6 + new_tokens)
     assert torch.equal(a, b)
@@ -151,6 +151,6 @@ def test_left_padded_batch_matches_llama():
     assert torch.isfinite(a).all()
     assert_close(a[real], b[real], **TOL)  # measured ~1e-6: positions shifted, scores unchanged
 
-    out_ours = ours.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None, attention_mask=mask)
+    out_ours = ours.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=[], attention_mask=mask)
     out_hf = hf.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
     assert torch.equal(out_ours, out_hf)

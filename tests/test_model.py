@@ -179,7 +179,7 @@ def naive_greedy(m, x, n):
 def test_greedy_generate_equals_full_recomputation(kw):
     m = make(**kw)
     x = ids(2, 6)
-    out = m.generate(x, max_new_tokens=8, do_sample=False, eos_token_id=None)
+    out = m.generate(x, max_new_tokens=8, do_sample=False, eos_token_id=[])
     assert out.shape == (2, 14)
     assert torch.equal(out, naive_greedy(m, x, 8))
 
@@ -188,7 +188,7 @@ def test_eos_stops_each_row_and_pads_it():
     m = make()
     for seed in range(20):  # find a prompt pair where some token ends row 0 and never appears in row 1
         x = ids(2, 6, seed=seed)
-        free = m.generate(x, max_new_tokens=6, do_sample=False, eos_token_id=None)
+        free = m.generate(x, max_new_tokens=6, do_sample=False, eos_token_id=[])
         new0, new1 = free[0, 6:].tolist(), free[1, 6:].tolist()
         stops = [j for j in range(1, 5) if new0[j] not in new0[:j] and new0[j] not in new1]
         if stops:
@@ -207,28 +207,31 @@ def test_generate_left_padded_batch_equals_rows_alone():
     a, b = ids(1, 7, seed=4), ids(1, 3, seed=5)
     batch = torch.cat([a, torch.cat([torch.zeros(1, 4, dtype=torch.long), b], 1)])
     mask = torch.tensor([[1] * 7, [0] * 4 + [1] * 3])
-    out = m.generate(batch, max_new_tokens=6, do_sample=False, attention_mask=mask, eos_token_id=None)
-    assert torch.equal(out[0, 7:], m.generate(a, 6, do_sample=False, eos_token_id=None)[0, 7:])
-    assert torch.equal(out[1, 7:], m.generate(b, 6, do_sample=False, eos_token_id=None)[0, 3:])
+    out = m.generate(batch, max_new_tokens=6, do_sample=False, attention_mask=mask, eos_token_id=[])
+    assert torch.equal(out[0, 7:], m.generate(a, 6, do_sample=False, eos_token_id=[])[0, 7:])
+    assert torch.equal(out[1, 7:], m.generate(b, 6, do_sample=False, eos_token_id=[])[0, 3:])
 
 
 def test_streamer_sees_every_new_column():
     m = make()
     seen = []
-    out = m.generate(ids(2, 4), max_new_tokens=5, do_sample=False, eos_token_id=None, streamer=seen.append)
+    out = m.generate(ids(2, 4), max_new_tokens=5, do_sample=False, eos_token_id=[], streamer=seen.append)
     assert torch.equal(torch.stack(seen, 1), out[:, 4:])
 
 
 def test_sampling_controls():
     m = make()
     x = ids(2, 5)
-    greedy = m.generate(x, 6, do_sample=False, eos_token_id=None)
-    assert torch.equal(m.generate(x, 6, top_k=1, eos_token_id=None), greedy)
-    assert torch.equal(m.generate(x, 6, top_p=1e-6, eos_token_id=None), greedy)
-    s1 = m.generate(x, 6, temperature=1.5, generator=torch.Generator().manual_seed(3), eos_token_id=None)
-    s2 = m.generate(x, 6, temperature=1.5, generator=torch.Generator().manual_seed(3), eos_token_id=None)
+    greedy = m.generate(x, 6, do_sample=False, eos_token_id=[])
+    assert torch.equal(m.generate(x, 6, eos_token_id=[]), greedy)  # greedy by default, as in Hugging Face
+    assert torch.equal(m.generate(x, 6, do_sample=True, top_k=1, eos_token_id=[]), greedy)
+    assert torch.equal(m.generate(x, 6, do_sample=True, top_p=1e-6, eos_token_id=[]), greedy)
+    s1 = m.generate(x, 6, do_sample=True, temperature=1.5, generator=torch.Generator().manual_seed(3), eos_token_id=[])
+    s2 = m.generate(x, 6, do_sample=True, temperature=1.5, generator=torch.Generator().manual_seed(3), eos_token_id=[])
     assert torch.equal(s1, s2)
-    samples = {tuple(m.generate(x[:1], 4, temperature=5.0, eos_token_id=None)[0, 5:].tolist()) for _ in range(5)}
+    samples = {
+        tuple(m.generate(x[:1], 4, do_sample=True, temperature=5.0, eos_token_id=[])[0, 5:].tolist()) for _ in range(5)
+    }
     assert len(samples) > 1  # a hot temperature really samples
     # top-k keeps only the k best tokens
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
@@ -248,9 +251,9 @@ def test_clear_errors_for_bad_input():
         m(torch.tensor([[1, 97]]))
     with pytest.raises(ValueError, match="outside"):
         m(torch.tensor([[-1, 3]]))
-    with pytest.raises(ValueError, match="integer tensor"):
+    with pytest.raises(TypeError, match="integer tensor"):
         m(x.float())
-    with pytest.raises(ValueError, match="integer tensor"):
+    with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, seq_len\)"):
         m(x[0])
     with pytest.raises(ValueError, match="exceeds the RoPE table"):
         m(torch.zeros(1, 257, dtype=torch.long))
@@ -273,7 +276,7 @@ def test_clear_errors_for_bad_input():
     with pytest.raises(ValueError, match="KVCache"):
         m(x[:, :1], past_key_values=[(torch.zeros(1), torch.zeros(1))])
     with pytest.raises(ValueError, match="temperature"):
-        m.generate(x, 2, temperature=0.0)
+        m.generate(x, 2, do_sample=True, temperature=0.0)
     with pytest.raises(ValueError, match="top_p"):
         m.generate(x, 2, top_p=1.5)
     with pytest.raises(ValueError, match="max_position_embeddings"):
@@ -322,8 +325,8 @@ def test_mismatched_checkpoints_list_what_is_wrong(tmp_path):
     bad["lm_head.weight"] = bad["lm_head.weight"] + 1
     with pytest.raises(ValueError, match="tie_word_embeddings"):
         make().load_checkpoint(bad)
-    with pytest.raises(ValueError, match="config="):
-        MiniMindForCausalLM.from_pretrained(tmp_path / "x.pth")
     torch.save(m.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(ValueError, match=r"config=MiniMindConfig\(\.\.\.\)"):  # no config.json beside it
+        MiniMindForCausalLM.from_pretrained(tmp_path / "w.pth")
     with pytest.raises(ValueError, match="shape mismatches"):
         MiniMindForCausalLM.from_pretrained(tmp_path / "w.pth", config=tiny_config(hidden_size=128))

@@ -292,7 +292,7 @@ def test_greedy_generate_same_tokens(name):
     up.eval(), ours.eval()
     prompt = _ids(cfg, batch=1, seq=5)
     a = up.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None)
-    b = ours.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None)
+    b = ours.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=[])
     assert b.shape == (1, 25)
     assert torch.equal(a, b)
     # a left-padded batch: the padded row decodes the same tokens as that prompt alone
@@ -300,9 +300,9 @@ def test_greedy_generate_same_tokens(name):
     mask = torch.ones_like(batch)
     mask[1, :3] = 0
     a = up.generate(batch, max_new_tokens=12, do_sample=False, eos_token_id=None, attention_mask=mask)
-    b = ours.generate(batch, max_new_tokens=12, do_sample=False, eos_token_id=None, attention_mask=mask)
+    b = ours.generate(batch, max_new_tokens=12, do_sample=False, eos_token_id=[], attention_mask=mask)
     assert torch.equal(a, b)
-    assert torch.equal(b[1, 3:], ours.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)[0])
+    assert torch.equal(b[1, 3:], ours.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=[])[0])
 
 
 # ------------------------------------------------------------------------------------ RoPE, YaRN
