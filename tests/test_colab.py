@@ -30,7 +30,16 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
 # Colab ships an older Altair (5.x) than the book builds with (6.x): the explorers must work with both
-COLAB_PREINSTALLED = ["numpy", "sympy", "matplotlib", "ipywidgets", "altair>=5.4,<6", "ipykernel", "nbclient", "nbformat"]
+COLAB_PREINSTALLED = [
+    "numpy",
+    "sympy",
+    "matplotlib",
+    "ipywidgets",
+    "altair>=5.4,<6",
+    "ipykernel",
+    "nbclient",
+    "nbformat",
+]
 
 EXECUTE = r"""
 import sys, nbformat
