@@ -4,8 +4,10 @@
   ``docname | title | key insight``; a chapter whose document is in the table of contents becomes a
   link, one that is not yet written is listed as "in preparation" (so the page never links to a
   page that does not exist, and needs no edit when a chapter arrives).
-* ``{book-statistics}``: counts computed from the sources at build time (chapters written, words of
-  prose, code cells, exercises, glued numbers, bibliography entries, unit tests); nothing typed by hand.
+* ``{book-statistics}``: a table computed at build time, one row per chapter and a total: words of
+  prose, code cells, checks (assertions), SymPy cells, figures, explorers, exercises, glued numbers and
+  the run time of the notebook in this build; then the bibliography and test counts. Nothing typed by
+  hand (``chapter_counts`` is tested in tests/test_book.py).
 * Identical scripts included twice in a page (a bug of the current stack, see ``_dedupe_assets``)
   are included once.
 * Offline assets: ``mathjax_path`` and ``nb_ipywidgets_js`` point at copies served by the book
@@ -86,59 +88,189 @@ class ChapterOverview(SphinxDirective):
         return [container]
 
 
-def _notebook_counts(path: Path) -> dict[str, int]:
+ASSERT_CALLS = {
+    "assert_close",
+    "assert_allclose",
+    "assert_equal",
+    "check_expr",
+    "check_gradient",
+    "check_jacobian",
+    "gradcheck",
+}
+FENCE = re.compile(r"^(`{3,}|:{3,})(.*)$")
+PROSE_DIRECTIVES = re.compile(
+    r"^\{(admonition|note|tip|warning|important|caution|attention|hint|seealso|exercise|solution|epigraph|topic|sidebar|margin|dropdown)"
+)
+ROLE = re.compile(r"\{[a-z:]+\}`[^`]*`")
+
+
+def _prose_words(markdown: str) -> int:
+    """Words of prose in a Markdown cell: math, code blocks, directive options and roles left out;
+    the bodies of prose directives (admonitions, exercises, solutions) counted."""
+    text = re.sub(r"\$\$.*?\$\$|\$[^$\n]*\$", " ", markdown, flags=re.S)
+    kept, skipping = [], None
+    for line in text.splitlines():
+        fence = FENCE.match(line.strip())
+        if skipping is not None:
+            if fence and fence.group(1) == skipping:
+                skipping = None
+            continue
+        if fence:
+            info = fence.group(2).strip()
+            if info and not PROSE_DIRECTIVES.match(info):
+                skipping = fence.group(1)  # code, math or another non-prose block: skip to its closing fence
+            elif info:
+                kept.append(re.sub(r"^\{[^}]*\}", "", info))  # a prose directive's title (exercise, box)
+            continue
+        if re.match(r"^\s*:[a-z-]+:", line):  # a directive option
+            continue
+        kept.append(line)
+    text = ROLE.sub(" N ", "\n".join(kept))
+    text = re.sub(r"`[^`]*`|https?://\S+|<[^>]+>", " ", text)
+    return len(WORD.findall(text))
+
+
+def _assertions(code: str) -> int:
+    """assert statements and calls of checking functions (assert_close, check_gradient, ...)."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:  # IPython magics
+        tree = ast.parse("\n".join(ln for ln in code.splitlines() if not ln.lstrip().startswith(("%", "!"))))
+    count = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assert):
+            count += 1
+        elif isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            count += name in ASSERT_CALLS
+    return count
+
+
+def chapter_counts(path: Path) -> dict[str, int]:
+    """What a chapter notebook holds, counted from its cells (its figures and run time are counted from
+    the build: see ``_fill_statistics``)."""
     nb = json.loads(path.read_text(encoding="utf-8"))
-    counts = {"words": 0, "code": 0, "exercises": 0, "glued": 0}
+    counts = {"words": 0, "code": 0, "assertions": 0, "sympy": 0, "explorers": 0, "exercises": 0, "glued": 0}
     for cell in nb.get("cells", []):
         text = "".join(cell.get("source", ""))
         if cell.get("cell_type") == "code":
             counts["code"] += 1
+            counts["assertions"] += _assertions(text)
+            counts["sympy"] += bool(re.search(r"\b(sp|sympy)\.", text))
+            counts["explorers"] += len(re.findall(r"(?m)^\s*(?:\w+\s*=\s*)?explorer\(", text))
         elif cell.get("cell_type") == "markdown":
-            counts["words"] += len(WORD.findall(re.sub(r"\$\$.*?\$\$|\$[^$]*\$|```.*?```", " ", text, flags=re.S)))
+            counts["words"] += _prose_words(text)
             counts["exercises"] += len(EXERCISE.findall(text))
             counts["glued"] += len(GLUE_USE.findall(text))
     return counts
 
 
+class statistics_table(nodes.General, nodes.Element):
+    """Placeholder for the statistics table: filled in once every chapter has been read and executed."""
+
+
 class BookStatistics(SphinxDirective):
-    """Counts computed from the sources of the book at build time."""
+    """Counts computed from the sources of the book at build time, per chapter and in all."""
 
     option_spec = {"planned": int}
 
     def run(self) -> list[nodes.Node]:
         _track(self.env, self.env.docname)
         root = Path(self.env.srcdir)
-        chapters = sorted(d for d in self.env.found_docs if d.startswith("chapters/"))
-        totals = {"words": 0, "code": 0, "exercises": 0, "glued": 0}
-        for docname in chapters:
-            path = _source(self.env, docname)
-            self.env.note_dependency(str(path))
-            if path.suffix == ".ipynb":
-                for key, value in _notebook_counts(path).items():
-                    totals[key] += value
-        bib = root / "references.bib"
-        n_refs = len(re.findall(r"^\s*@\w+\s*\{", bib.read_text(encoding="utf-8"), re.M)) if bib.exists() else 0
-        test_files = sorted((root / "tests").glob("test_*.py"))
-        n_tests = sum(len(TEST_FUNC.findall(p.read_text(encoding="utf-8"))) for p in test_files)
-        for p in [bib, *test_files]:
+        for docname in sorted(d for d in self.env.found_docs if d.startswith("chapters/")):
+            self.env.note_dependency(str(_source(self.env, docname)))
+        for p in [root / "references.bib", *sorted((root / "tests").glob("test_*.py"))]:
             if p.exists():
                 self.env.note_dependency(str(p))
-        planned = self.options.get("planned")
-        written = f"{len(chapters)} of {planned}" if planned else f"{len(chapters)}"
-        rows = [
-            "| Quantity | Count |",
-            "|---|---|",
-            f"| Chapters written | {written} |",
-            f"| Words of prose in the chapters | {totals['words']:,} |",
-            f"| Code cells (all executed when the book is built) | {totals['code']:,} |",
-            f"| Numbers in the text computed by the notebooks (`glue`) | {totals['glued']:,} |",
-            f"| Exercises with solutions | {totals['exercises']:,} |",
-            f"| Works in the bibliography | {n_refs:,} |",
-            f"| Test functions in `tests/` (parametrised cases counted once) | {n_tests:,} |",
+        return [statistics_table(planned=self.options.get("planned"))]
+
+
+def _figures_in(doctree: nodes.Node) -> int:
+    """Figures a chapter shows: images (matplotlib) and explorers (Vega-Lite charts)."""
+    images = len(list(doctree.findall(nodes.image)))
+    charts = sum(node.astext().count("altair-viz-") // 2 for node in doctree.findall(nodes.raw))
+    return images + charts
+
+
+def _fill_statistics(app: Sphinx, doctree: nodes.document, fromdocname: str) -> None:
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    env = app.env
+    for placeholder in list(doctree.findall(statistics_table)):
+        root = Path(env.srcdir)
+        chapters = sorted(d for d in env.found_docs if d.startswith("chapters/"))
+        columns = [
+            ("Chapter", None),
+            ("Words", "words"),
+            ("Code cells", "code"),
+            ("Checks", "assertions"),
+            ("SymPy cells", "sympy"),
+            ("Figures", "figures"),
+            ("Explorers", "explorers"),
+            ("Exercises", "exercises"),
+            ("Glued numbers", "glued"),
+            ("Run time (s)", "runtime"),
         ]
+        rows, totals = [], dict.fromkeys([k for _, k in columns if k], 0.0)
+        for docname in chapters:
+            path = _source(env, docname)
+            counts = dict(chapter_counts(path)) if path.suffix == ".ipynb" else {}
+            counts["figures"] = _figures_in(env.get_doctree(docname))
+            exec_data = NbMetadataCollector.get_exec_data(env, docname) or {}
+            counts["runtime"] = exec_data.get("runtime") or 0.0
+            for key in totals:
+                totals[key] += counts.get(key, 0)
+            title = env.titles[docname].astext() if docname in env.titles else docname
+            rows.append((docname, title.split(":")[0], counts))  # "RMSNorm: normalising ..." -> "RMSNorm"
+        bib = root / "references.bib"
+        n_refs = len(re.findall(r"^\s*@\w+\s*\{", bib.read_text(encoding="utf-8"), re.M)) if bib.exists() else 0
+        n_tests = sum(len(TEST_FUNC.findall(p.read_text(encoding="utf-8"))) for p in (root / "tests").glob("test_*.py"))
+
+        def fmt(key, value):
+            return f"{value:,.0f}" if key != "runtime" else (f"{value:.0f}" if value else "–")
+
+        table = nodes.table(classes=["book-statistics"])
+        group = nodes.tgroup(cols=len(columns))
+        table += group
+        for _ in columns:
+            group += nodes.colspec(colwidth=1)
+
+        def row(cells):
+            r = nodes.row()
+            for cell in cells:
+                entry = nodes.entry()
+                entry += cell if isinstance(cell, nodes.Node) else nodes.paragraph(text=str(cell))
+                r += entry
+            return r
+
+        head = nodes.thead()
+        head += row([name for name, _ in columns])
+        group += head
+        body = nodes.tbody()
+        for docname, title, counts in rows:
+            link = nodes.reference("", title, internal=True, refuri=app.builder.get_relative_uri(fromdocname, docname))
+            body += row([nodes.paragraph("", "", link)] + [fmt(k, counts.get(k, 0)) for _, k in columns[1:]])
+        body += row(
+            [nodes.paragraph("", "", nodes.strong(text="All chapters"))] + [fmt(k, totals[k]) for _, k in columns[1:]]
+        )
+        group += body
+
+        planned = placeholder.get("planned")
+        written = f"{len(chapters)} of {planned}" if planned else f"{len(chapters)}"
+        summary = nodes.paragraph(
+            text=f"Chapters written: {written}. Works in the bibliography: {n_refs:,}. "
+            f"Test functions in tests/ (parametrised cases counted once): {n_tests:,}. "
+            "Checks are assert statements and checking calls (assert_close, check_gradient, ...) in the "
+            "code cells; figures are the matplotlib figures and explorers a chapter shows; the run time is "
+            "that of this build's execution of the notebook."
+        )
         container = nodes.container(classes=["book-statistics"])
-        self.state.nested_parse(StringList(rows, source=self.env.docname), self.content_offset, container)
-        return [container]
+        container += table
+        container += summary
+        placeholder.replace_self(container)
 
 
 def _always_reread(app, env, added, changed, removed):
@@ -223,7 +355,6 @@ def _add_vega(app, pagename, templatename, context, doctree):
     if not getattr(app, "env_vega_ok", False) or not any(m in body for m in VEGA_MARKERS):
         return
     wanted = _altair_versions()
-    app.add_css_file("book/explorers.css")
     # loaded before RequireJS (priority 500), so these UMD bundles define globals, not anonymous modules
     for i, path in enumerate(VEGA_FILES):
         app.add_js_file(path, priority=300 + i)
@@ -276,7 +407,10 @@ def setup(app: Sphinx) -> dict:
     # notebooks executed by this build inherit it (their kernels are child processes)
     os.environ["MINIMIND_BOOK_BUILD"] = "1"
     app.add_directive("chapter-overview", ChapterOverview)
+    app.add_css_file("book/book.css")  # the statistics table, the explorers' cards
+    app.add_node(statistics_table)
     app.add_directive("book-statistics", BookStatistics)
+    app.connect("doctree-resolved", _fill_statistics)
     app.connect("env-get-outdated", _always_reread)
     app.connect("env-purge-doc", _purge)
     app.connect("env-merge-info", _merge)

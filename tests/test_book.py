@@ -310,3 +310,50 @@ def test_built_chapter_has_colab_launch_button(path):
         pytest.skip(f"{html.relative_to(ROOT)} not built: run `make book`")
     url = f"https://colab.research.google.com/github/{REPO_URL.removeprefix('https://github.com/')}/blob/main/chapters/{path.name}"
     assert url in html.read_text(encoding="utf-8"), f"{html.name} has no launch button to {url}"
+
+
+# ---- the statistics table of the landing page -----------------------------------------------------
+
+
+def _book_pages():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("book_pages", ROOT / "_ext" / "book_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prose_word_count_skips_code_math_and_options():
+    bp = _book_pages()
+    md = (
+        "Two words $x^2 + y$ and {glue:text}`name:.2f` here.\n\n$$\na = b\n$$\n\n"
+        "```python\nignored = 1\n```\n\n```{admonition} Box title words\n:class: warning\nInside the box.\n```\n"
+    )
+    # Two words and N here (5) + Box title words (3) + Inside the box (3)
+    assert bp._prose_words(md) == 11
+
+
+def test_statistics_change_when_a_chapter_changes(tmp_path):
+    """The landing page's table is computed from the chapters: editing one changes it."""
+    import nbformat
+
+    bp = _book_pages()
+    if not CHAPTERS:
+        pytest.skip("no chapters yet")
+    before = bp.chapter_counts(CHAPTERS[0])
+    assert before["words"] > 1000 and before["code"] > 10 and before["assertions"] > 10
+    nb = nbformat.read(CHAPTERS[0], as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("Eight more words of prose for the count."))
+    nb.cells.append(nbformat.v4.new_code_cell("e = sp.Symbol('e')\nassert e == e\ntorch.testing.assert_close(x, x)"))
+    nb.cells.append(nbformat.v4.new_markdown_cell("```{exercise} New\n:label: ex-new\nDo it.\n```"))
+    nb.cells.append(nbformat.v4.new_code_cell("explorer(f, {'a': [1, 2]}, draw, title='t')"))
+    changed = tmp_path / CHAPTERS[0].name
+    nbformat.write(nb, changed)
+    after = bp.chapter_counts(changed)
+    assert after["words"] - before["words"] == 8 + 1 + 2  # the exercise's title "New" and body "Do it" count
+    assert after["code"] - before["code"] == 2
+    assert after["assertions"] - before["assertions"] == 2
+    assert after["sympy"] - before["sympy"] == 1
+    assert after["exercises"] - before["exercises"] == 1
+    assert after["explorers"] - before["explorers"] == 1
