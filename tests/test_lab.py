@@ -136,6 +136,87 @@ def test_float16_overflow_is_seen_and_float32_statistics_fix_it():
     assert (bf > 10 * f32).all()  # bf16's 8-bit mantissa: far coarser than float32
 
 
+def test_batch_norm_over_tokens_leaks_the_future_and_layer_norm_does_not():
+    x = torch.randn(4, 16, 32)
+    edited = x.clone()
+    edited[:, -1] = torch.randn(4, 32)
+
+    def leak(norm):
+        return (norm(edited) - norm(x)).abs().mean(dim=(0, 2))
+
+    bn, ln = leak(nl.batch_norm_tokens), leak(lambda h: F.layer_norm(h, (32,)))
+    assert bn.shape == (16,) and bn[0] > 0 and bn[-1] > bn[0]
+    assert ln[:-1].max() == 0 and ln[-1] > 0
+    torch.testing.assert_close(nl.batch_norm_tokens(x).mean(dim=(0, 1)), torch.zeros(32), atol=1e-5, rtol=0)
+
+
+def test_affine_fit_residual_is_zero_only_for_a_constant_mean_to_spread_ratio():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2000, 32, generator=g, dtype=torch.float64)
+    z = (z - z.mean(-1, keepdim=True)) / z.std(-1, unbiased=False, keepdim=True)
+    scale = torch.rand(2000, 1, generator=g, dtype=torch.float64) + 0.5
+    assert nl.affine_fit_residual(scale * (z + 1.5)) < 1e-10  # same mu/sigma for every token: exact
+    ratio = 1 + torch.rand(2000, 1, generator=g, dtype=torch.float64)
+    assert 0.05 < nl.affine_fit_residual(z + ratio) < 0.3  # mu/sigma varies: no fixed map fits
+
+
+def test_saved_for_backward_sees_what_autograd_keeps():
+    x = torch.randn(8, 64, requires_grad=True)
+    w, b = torch.ones(64, requires_grad=True), torch.zeros(64, requires_grad=True)
+    kept = nl.saved_for_backward(lambda t: F.layer_norm(t, (64,), w, b), x)
+    assert any(is_x for *_, is_x in kept)  # LayerNorm keeps its input
+    big = [k for k in kept if k[0] == (8, 64)]
+    assert len(big) == 1  # ... and no other full-size tensor
+    xb = x.detach().bfloat16().requires_grad_(True)
+    from minimind_ref.norm import RMSNorm
+
+    kept = nl.saved_for_backward(RMSNorm(64).bfloat16(), xb)
+    assert sum(n for _, _, n, _ in kept) >= 3 * xb.numel() * 2  # float32 copy + bf16 output
+
+
+def test_aten_ops_lists_the_arithmetic_kernels():
+    x = torch.randn(16, 64)
+    assert nl.aten_ops(lambda: F.layer_norm(x, (64,))) == ["native_layer_norm"]
+    ops = nl.aten_ops(lambda: x.pow(2).mean(-1))
+    assert ops[0] == "pow" and "empty" not in ops
+
+
+def test_iid_baseline_follows_one_over_sqrt_dim():
+    for d in (64, 512):
+        mean_ratio, peak_ratio = nl.iid_baseline(d, n=4000)
+        assert mean_ratio == pytest.approx(0.6745 / math.sqrt(d), rel=0.06)
+        assert 2 < peak_ratio < 4.5  # the largest of d Gaussians, in units of their RMS
+
+
+def test_norm_placements_and_tiny_training():
+    from minimind_ref import MiniMindForCausalLM
+
+    cfg = nl.tiny_config(layers=2, seq=8)
+    for placement in ("pre", "post", "none", "layernorm"):
+        torch.manual_seed(0)
+        m = nl.set_norm_placement(MiniMindForCausalLM(cfg), placement)
+        ids = torch.randint(0, 64, (2, 8))
+        assert torch.isfinite(m(ids, labels=ids).loss)
+    with pytest.raises(ValueError):
+        nl.set_norm_placement(MiniMindForCausalLM(cfg), "sideways")
+    chain = nl.markov_chain(vocab=64)
+    torch.testing.assert_close(chain.sum(-1), torch.ones(64))
+    batches = nl.markov_batch(chain, 3 * 4, 8, seed=1).view(3, 4, 8)
+    losses, val = nl.train_tiny("pre", seed=0, lr=1e-3, batches=batches, val=batches[0], config=cfg)
+    assert len(losses) == 3 and math.isfinite(val)
+    losses, val = nl.train_tiny("none", seed=0, lr=1e6, batches=batches, val=batches[0], config=cfg)
+    assert len(losses) == 3  # a diverging run still reports one value per step (NaN after divergence)
+
+
+def test_gradient_profile_post_ln_stream_is_normalised():
+    stream, grads = nl.gradient_profile("post", layers=3, hidden=64)
+    assert len(stream) == len(grads) == 3
+    assert all(abs(r - 1) < 1e-3 for r in stream[1:])
+    stream_pre, _ = nl.gradient_profile("pre", layers=3, hidden=64, embed_scale=10.0)
+    stream_base, _ = nl.gradient_profile("pre", layers=3, hidden=64)
+    assert stream_pre[0] == pytest.approx(10 * stream_base[0], rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- plots and widgets
 
 
@@ -165,6 +246,14 @@ def test_book_style_gives_opaque_white_figures(agg):
         plots.label(ax, "t", "", "y")
 
 
+def test_sphere_figure_maps_every_scale_to_one_point_with_a_tangent_gradient(agg):
+    fig, ax = agg.subplots()
+    r = nl.plot_sphere(ax)
+    torch.testing.assert_close(r["outputs"], r["outputs"][:1].expand_as(r["outputs"]))
+    assert float(r["outputs"][0].norm()) == pytest.approx(math.sqrt(2))
+    assert abs(float(r["grad"] @ r["x"])) < 1e-12
+
+
 # ----------------------------------------------------------------------------- timing
 
 
@@ -172,15 +261,31 @@ def test_compare_returns_ratios_without_asserting_on_time(capsys):
     from minimind_ref.lab.timing import bandwidth, compare
 
     x = torch.randn(256, 256)
-    t = compare({"copy": lambda: x.clone(), "matmul": lambda: x @ x}, min_run_time=0.02, label="t")
+    t = compare({"copy": lambda: x.clone(), "matmul": lambda: x @ x}, min_run_time=0.02, rounds=5, label="t")
     assert t.ratio("copy") == 1.0
-    assert t.ratio("matmul") == pytest.approx(t.medians["matmul"] / t.medians["copy"])
+    assert all(len(v) == 5 for v in t.rounds.values())  # every callable timed in every round
+    per_round = sorted(m / c for m, c in zip(t.rounds["matmul"], t.rounds["copy"], strict=True))
+    assert t.ratio("matmul") == per_round[2]  # the median of the same-round ratios
     assert set(t.ratios()) == {"copy", "matmul"}
     out = capsys.readouterr().out
     assert "cpu" in out or "cuda" in out or "mps" in out
     with pytest.raises(KeyError):
         compare({"a": lambda: None}, baseline="b", min_run_time=0.01)
     assert bandwidth(4 * 2**20, min_run_time=0.02) > 1e8  # any machine moves more than 100 MB/s
+
+
+def test_clock_is_thread_cpu_time_only_for_one_cpu_thread():
+    from minimind_ref.lab.timing import clock
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = "wall clock" if torch.cuda.is_available() else "thread CPU time"
+        assert clock()[0] == expected
+        torch.set_num_threads(2)
+        assert clock()[0] == "wall clock"
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_glue_works_with_and_without_myst_nb(monkeypatch):

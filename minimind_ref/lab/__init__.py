@@ -12,9 +12,10 @@ Submodules (import them explicitly, e.g. ``from minimind_ref.lab import symbolic
 - ``explorer``: ``explorer(compute, grid, draw, title=...)``: an interactive Vega-Lite chart
   precomputed over a grid of slider settings (works in the static HTML, offline), plus live
   ipywidgets sliders in a running kernel; ``lines`` and ``encode`` make the common ``draw``s.
-- ``timing``: ``compare({...})`` over ``torch.utils.benchmark`` (medians, ratios, the device) and
-  ``bandwidth()``.
-- ``normalization``: chapter 1's normalisers, dtype experiments and widget plots.
+- ``timing``: ``compare({...})`` over ``torch.utils.benchmark`` in interleaved rounds (medians,
+  same-round ratios, the device and the clock) and ``bandwidth()``.
+- ``normalization``: chapter 1's normalisers, dtype experiments, explorer data, the norm-placement
+  variants of MiniMind and the tiny training runs, and the measurements of memory and kernels.
 """
 
 from __future__ import annotations
