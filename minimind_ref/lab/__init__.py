@@ -16,6 +16,7 @@ Submodules (import them explicitly, e.g. ``from minimind_ref.lab import symbolic
   same-round ratios, the device and the clock) and ``bandwidth()``.
 - ``normalization``: chapter 1's normalisers, dtype experiments, explorer data, the norm-placement
   variants of MiniMind and the tiny training runs, and the measurements of memory and kernels.
+- ``book``: ``book_model("dense" | "moe") -> (model, tokenizer)``, the book's trained MiniMinds (re-exported here).
 """
 
 from __future__ import annotations
@@ -68,3 +69,10 @@ def glue(name: str, value, display: bool = True) -> None:
             show(value)
         return
     myst_glue(name, value, display=display)
+
+
+def book_model(name: str = "dense", device: str = "cpu", dtype=None):
+    """(model, tokenizer) of one of the book's trained MiniMinds, ``"dense"`` or ``"moe"`` (see ``lab.book``)."""
+    from .book import book_model as load
+
+    return load(name, device=device) if dtype is None else load(name, device=device, dtype=dtype)
