@@ -25,3 +25,19 @@ def val_slice() -> torch.Tensor:
     from safetensors.torch import load_file
 
     return load_file(str(BOOK_MODELS_DIR / "val_slice.safetensors"))["input_ids"].long()
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """{'total': every parameter once (a tied embedding once), 'active': those one token uses: for an MoE,
+    the routed experts it is not sent to are left out (``num_experts_per_tok`` of ``n_routed_experts`` run)."""
+    cfg = model.config
+    total = sum(p.numel() for p in model.parameters())  # .parameters() yields a shared tensor once
+    active = total
+    if cfg.use_moe:
+        from ..moe import MoEFeedForward
+
+        for module in model.modules():
+            if isinstance(module, MoEFeedForward):
+                per_expert = sum(p.numel() for p in module.experts[0].parameters())
+                active -= (len(module.experts) - cfg.num_experts_per_tok) * per_expert
+    return {"total": total, "active": active}
