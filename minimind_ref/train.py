@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .checkpoint import load_state_dict_file
 from .config import MiniMindConfig
 from .data import BatchSampler, cached_token_stream, pack
 from .model import MiniMindForCausalLM
@@ -221,8 +222,9 @@ def save_checkpoint(out: Path, model: MiniMindForCausalLM, optimizer, state: dic
 
 def load_checkpoint(out: Path, model: MiniMindForCausalLM, optimizer, args: argparse.Namespace) -> dict:
     ckpt = out / "checkpoint"
-    saved_cfg = json.loads((ckpt / "config.json").read_text())
-    own_cfg = json.loads(model.config.to_json())
+    # both through today's MiniMindConfig, so that a field added to it since the checkpoint is no difference
+    saved_cfg = MiniMindConfig.from_json(ckpt / "config.json").to_dict()
+    own_cfg = model.config.to_dict()
     diff = {
         k: (saved_cfg.get(k), own_cfg.get(k))
         for k in sorted(set(saved_cfg) | set(own_cfg))
@@ -240,8 +242,6 @@ def load_checkpoint(out: Path, model: MiniMindForCausalLM, optimizer, args: argp
     }
     if changed:
         raise ValueError(f"cannot resume {ckpt} exactly: these settings differ (checkpoint, now): {changed}")
-    from .model import load_state_dict_file
-
     model.load_checkpoint(load_state_dict_file(ckpt / "model.safetensors"))
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
@@ -384,9 +384,8 @@ def _train(args, rank, world_size, device, master, train_seqs, sampler) -> dict:
         optimizer.zero_grad(set_to_none=True)
         stats /= len(micro)
         if world_size > 1:
-            dist.all_reduce(stats, op=dist.ReduceOp.AVG if device.type == "cuda" else dist.ReduceOp.SUM)
-            if device.type != "cuda":
-                stats /= world_size  # gloo has no AVG
+            dist.all_reduce(stats)  # a sum (gloo has no average): the global batch's mean, below
+            stats /= world_size
         step += 1
         tokens_seen += tokens_per_step
         dt = time.perf_counter() - t_step

@@ -40,8 +40,9 @@ def workdir(tmp_path_factory):
     (d / "corpus" / "train.jsonl").write_text("".join(lines[:-4]))
     (d / "corpus" / "val.jsonl").write_text("".join(lines[-4:]))
     train_tokenizer(read_jsonl(d / "corpus" / "train.jsonl"), vocab_size=320).save(d / "tokenizer.json")
-    os.environ["MINIMIND_CACHE"] = str(d / "cache")
-    return d
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINIMIND_CACHE", str(d / "cache"))  # token caches stay in the test's folder
+        yield d
 
 
 def args_for(workdir, out, *extra, model=TINY, steps=6):
