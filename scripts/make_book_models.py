@@ -194,10 +194,11 @@ model, tokenizer = book_model("{name}")
 
 or generate from the command line: `python -m minimind_ref.generate {name} "Return the number of"`.
 
-**What it is good for, and what not.** Its statistics are those of a trained transformer: the embedding,
-attention and feed-forward weights have left their random initialisation, heads attend to structure, the
-loss is well below count models. It is *not* a useful language model: it saw {m["tokens_seen"] / 1e6:.2f} M
-tokens of docstrings, and its text is fluent only for a few words at a time.
+**What it is good for, and what not.** Its weights are trained ones: the chapters measure real norms,
+attention patterns, gate values{", routing" if moe else ""} on it, not those of random vectors. It is *not* a
+useful language model: it saw {m["tokens_seen"] / 1e6:.2f} M tokens of docstrings, and it continues a prompt
+with docstring-like text (doctest prompts, section headings, parameter lists) that is plausible for a few
+words and meaningless beyond them (samples below).
 
 ## Model
 
