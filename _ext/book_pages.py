@@ -8,6 +8,9 @@
   prose, code cells, checks (assertions), SymPy cells, figures, explorers, exercises, glued numbers and
   the run time of the notebook in this build; then the bibliography and test counts. Nothing typed by
   hand (``chapter_counts`` is tested in tests/test_book.py).
+* ``{minimind3-changes}``: a table of every chapter's "What MiniMind-3 changed" box (where it is, what
+  changed, its first sentence), collected from the chapters at build time, so the appendix that lists
+  them cannot miss or misquote one.
 * Identical scripts included twice in a page (a bug of the current stack, see ``_dedupe_assets``)
   are included once.
 * Offline assets: ``mathjax_path`` and ``nb_ipywidgets_js`` point at copies served by the book
@@ -232,31 +235,13 @@ def _fill_statistics(app: Sphinx, doctree: nodes.document, fromdocname: str) -> 
         def fmt(key, value):
             return f"{value:,.0f}" if key != "runtime" else (f"{value:.0f}" if value else "–")
 
-        table = nodes.table(classes=["book-statistics"])
-        group = nodes.tgroup(cols=len(columns))
-        table += group
-        for _ in columns:
-            group += nodes.colspec(colwidth=1)
-
-        def row(cells):
-            r = nodes.row()
-            for cell in cells:
-                entry = nodes.entry()
-                entry += cell if isinstance(cell, nodes.Node) else nodes.paragraph(text=str(cell))
-                r += entry
-            return r
-
-        head = nodes.thead()
-        head += row([name for name, _ in columns])
-        group += head
-        body = nodes.tbody()
+        body = []
         for docname, title, counts in rows:
             link = nodes.reference("", title, internal=True, refuri=app.builder.get_relative_uri(fromdocname, docname))
-            body += row([nodes.paragraph("", "", link)] + [fmt(k, counts.get(k, 0)) for _, k in columns[1:]])
-        body += row(
-            [nodes.paragraph("", "", nodes.strong(text="All chapters"))] + [fmt(k, totals[k]) for _, k in columns[1:]]
-        )
-        group += body
+            body.append([nodes.paragraph("", "", link)] + [fmt(k, counts.get(k, 0)) for _, k in columns[1:]])
+        total_label = nodes.paragraph("", "", nodes.strong(text="All chapters"))
+        body.append([total_label] + [fmt(k, totals[k]) for _, k in columns[1:]])
+        table = _table([name for name, _ in columns], body)
 
         planned = placeholder.get("planned")
         written = f"{len(chapters)} of {planned}" if planned else f"{len(chapters)}"
@@ -271,6 +256,127 @@ def _fill_statistics(app: Sphinx, doctree: nodes.document, fromdocname: str) -> 
         container += table
         container += summary
         placeholder.replace_self(container)
+
+
+M3_TITLE = "What MiniMind-3 changed"
+
+
+class minimind3_table(nodes.General, nodes.Element):
+    """Placeholder for the table of the chapters' "What MiniMind-3 changed" boxes (filled when all are read)."""
+
+
+class MiniMind3Changes(SphinxDirective):
+    """``:what: boxes`` (default): one row per "What MiniMind-3 changed" box of the chapters (where it is,
+    its title, its first sentence); ``:what: config``: the configuration fields in which MiniMind2's defaults
+    and ``MiniMindConfig.minimind3()`` differ, read from minimind_ref."""
+
+    option_spec = {"what": lambda arg: arg.strip() if arg.strip() in ("boxes", "config") else None}
+
+    def run(self) -> list[nodes.Node]:
+        _track(self.env, self.env.docname)
+        what = self.options.get("what") or "boxes"
+        for docname in sorted(d for d in self.env.found_docs if d.startswith("chapters/")):
+            self.env.note_dependency(str(_source(self.env, docname)))
+        return [minimind3_table(what=what)]
+
+
+def minimind3_boxes(env) -> list[dict]:
+    """The chapters' boxes titled "What MiniMind-3 changed...": chapter, section (id, title), box title, text."""
+    boxes = []
+    for docname in sorted(d for d in env.found_docs if d.startswith("chapters/")):
+        doctree = env.get_doctree(docname)
+        for admonition in doctree.findall(nodes.admonition):
+            titles = list(admonition.findall(nodes.title))
+            title = titles[0].astext() if titles else ""
+            if not title.startswith(M3_TITLE):
+                continue
+            section = admonition.parent
+            while section is not None and not isinstance(section, nodes.section):
+                section = section.parent
+            body = " ".join(p.astext() for p in admonition.findall(nodes.paragraph) if p not in titles)
+            first = re.split(r"(?<=[.!?])\s+", body.strip(), maxsplit=1)[0] if body.strip() else ""
+            boxes.append(
+                {
+                    "docname": docname,
+                    "chapter": (env.titles[docname].astext() if docname in env.titles else docname).split(":")[0],
+                    "anchor": section["ids"][0] if section is not None and section["ids"] else "",
+                    "section": section[0].astext() if section is not None else "",
+                    "title": title.removeprefix(M3_TITLE).lstrip(" :-–"),
+                    "first": first,
+                }
+            )
+    return boxes
+
+
+def _table(columns: list[str], rows: list[list]) -> nodes.table:
+    """A docutils table; a cell is a string or a node."""
+    table = nodes.table()
+    group = nodes.tgroup(cols=len(columns))
+    table += group
+    for _ in columns:
+        group += nodes.colspec(colwidth=1)
+
+    def row(cells):
+        r = nodes.row()
+        for cell in cells:
+            entry = nodes.entry()
+            entry += cell if isinstance(cell, nodes.Node) else nodes.paragraph(text=str(cell))
+            r += entry
+        return r
+
+    head = nodes.thead()
+    head += row(columns)
+    group += head
+    body = nodes.tbody()
+    for cells in rows:
+        body += row(cells)
+    group += body
+    return table
+
+
+def minimind3_config_rows() -> list[list[str]]:
+    """The configuration fields whose values differ between MiniMind2's defaults and the MiniMind-3 preset,
+    dense and MoE: [field, MiniMind2, MiniMind-3 dense, MiniMind2 MoE, MiniMind-3 MoE]."""
+    from minimind_ref import MiniMindConfig
+
+    configs = [
+        MiniMindConfig().to_dict(),
+        MiniMindConfig.minimind3(use_moe=False).to_dict(),
+        MiniMindConfig(use_moe=True).to_dict(),
+        MiniMindConfig.minimind3(use_moe=True).to_dict(),
+    ]
+    fields = sorted({k for c in configs for k in c})
+    rows = []
+    for field in fields:
+        values = [c.get(field) for c in configs]
+        if values[0] != values[1] or values[2] != values[3]:
+            rows.append([f"{field}"] + [json.dumps(v) if not isinstance(v, str) else v for v in values])
+    return rows
+
+
+def _fill_minimind3(app: Sphinx, doctree: nodes.document, fromdocname: str) -> None:
+    for placeholder in list(doctree.findall(minimind3_table)):
+        if placeholder.get("what") == "config":
+            columns = ["Field", "MiniMind2", "MiniMind-3", "MiniMind2 MoE", "MiniMind-3 MoE"]
+            container = nodes.container(classes=["minimind3-config"])
+            container += _table(columns, minimind3_config_rows())
+            placeholder.replace_self(container)
+            continue
+        rows = []
+        for box in minimind3_boxes(app.env):
+            uri = app.builder.get_relative_uri(fromdocname, box["docname"]) + (
+                f"#{box['anchor']}" if box["anchor"] else ""
+            )
+            where = nodes.paragraph(
+                "", "", nodes.reference("", f"{box['chapter']}, {box['section']}", internal=True, refuri=uri)
+            )
+            rows.append([where, box["title"], box["first"]])
+        if rows:
+            replacement = nodes.container(classes=["minimind3-changes"])
+            replacement += _table(["Where", "What changed", "In short"], rows)
+        else:
+            replacement = nodes.paragraph(text='No chapter has a "What MiniMind-3 changed" box yet.')
+        placeholder.replace_self(replacement)
 
 
 def _always_reread(app, env, added, changed, removed):
@@ -409,6 +515,9 @@ def setup(app: Sphinx) -> dict:
     app.add_directive("chapter-overview", ChapterOverview)
     app.add_css_file("book/book.css")  # the statistics table, the explorers' cards
     app.add_node(statistics_table)
+    app.add_node(minimind3_table)
+    app.add_directive("minimind3-changes", MiniMind3Changes)
+    app.connect("doctree-resolved", _fill_minimind3)
     app.add_directive("book-statistics", BookStatistics)
     app.connect("doctree-resolved", _fill_statistics)
     app.connect("env-get-outdated", _always_reread)

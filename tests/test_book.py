@@ -357,3 +357,23 @@ def test_statistics_change_when_a_chapter_changes(tmp_path):
     assert after["sympy"] - before["sympy"] == 1
     assert after["exercises"] - before["exercises"] == 1
     assert after["explorers"] - before["explorers"] == 1
+
+
+# ---- the MiniMind-3 appendix ----------------------------------------------------------------------
+
+
+def test_minimind3_config_table_is_read_from_the_library():
+    rows = {r[0]: r[1:] for r in _book_pages().minimind3_config_rows()}
+    assert rows["qk_norm"] == ["false", "true", "false", "true"]
+    assert "hidden_size" in rows and "n_shared_experts" in rows
+    assert "vocab_size" not in rows  # equal fields are left out
+
+
+def test_built_minimind3_page_lists_every_chapter_box():
+    html = ROOT / "_build" / "html" / "appendix" / "minimind3.html"
+    if not html.exists():
+        pytest.skip("appendix/minimind3.html not built: run `make book`")
+    text = html.read_text(encoding="utf-8")
+    for md in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.md")):
+        if "What MiniMind-3 changed" in md.read_text(encoding="utf-8"):
+            assert f"../chapters/{md.stem}.html#" in text, f"the MiniMind-3 page does not link {md.stem}'s box"
