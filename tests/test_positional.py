@@ -183,3 +183,13 @@ def test_with_tables_leaves_the_original_alone():
     assert model.model.freqs_cos.shape[0] == 16
     with pytest.raises(ValueError):
         model(ids)
+
+
+def test_oracle_loss_is_flat_and_below_uniform():
+    ids = pos.lag_copy_batch(256, 120, torch.Generator().manual_seed(1))
+    oracle = pos.oracle_losses(ids)
+    assert oracle.shape == (119,)
+    assert oracle[20:].max() < math.log(32) - 0.5  # far better than ignoring the context
+    assert abs(float(oracle[20:60].mean() - oracle[60:].mean())) < 0.05  # stationary
+    # a wrong model of the process (no copying) scores ln 32 exactly
+    assert pos.oracle_losses(ids, p_copy=0.0)[5] == pytest.approx(math.log(32))

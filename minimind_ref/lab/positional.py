@@ -42,6 +42,7 @@ __all__ = [
     "rotation_rows",
     "yarn_ratio_rows",
     "lag_copy_batch",
+    "oracle_losses",
     "tiny_config",
     "train_tiny",
     "METHODS",
@@ -525,6 +526,23 @@ def lag_copy_batch(
         copied = ids.gather(1, src.clamp(min=0)[:, None]).squeeze(1)
         ids[:, t] = torch.where(ok, copied, ids[:, t])
     return ids
+
+
+def oracle_losses(ids: torch.Tensor, vocab: int = 32, p_copy: float = 0.7, max_lag: int = 16) -> torch.Tensor:
+    """Per-position loss of the best possible predictor of :func:`lag_copy_batch` data, which knows
+    the process: p(v) = p_copy * (share of the max_lag lags whose token is v) + (the chance of a
+    uniform draw) / vocab,
+    averaged over the batch, (seq_len - 1,) float64. Its flatness shows the data are stationary."""
+    batch, seq_len = ids.shape
+    out = torch.empty(seq_len - 1, dtype=torch.float64)
+    for t in range(seq_len - 1):
+        lags = min(max_lag, t + 1)  # the token at t + 1 can copy from t + 1 - k, k = 1 .. lags
+        window = ids[:, t + 1 - lags : t + 1]  # (batch, lags)
+        share = (window == ids[:, t + 1 : t + 2]).double().sum(-1) / max_lag
+        # uniform unless a copy was drawn with a lag that exists: probability 1 - p_copy * lags / max_lag
+        prob = p_copy * share + (1 - p_copy * lags / max_lag) / vocab
+        out[t] = -prob.log().mean()
+    return out
 
 
 def tiny_config(seq_len: int = 64, base: float = 1e4, vocab: int = 32, **overrides):
