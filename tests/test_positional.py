@@ -193,3 +193,10 @@ def test_oracle_loss_is_flat_and_below_uniform():
     assert abs(float(oracle[20:60].mean() - oracle[60:].mean())) < 0.05  # stationary
     # a wrong model of the process (no copying) scores ln 32 exactly
     assert pos.oracle_losses(ids, p_copy=0.0)[5] == pytest.approx(math.log(32))
+
+
+def test_draws_work_on_a_plain_chart_as_the_live_sliders_call_them():
+    import altair as alt
+
+    for rows, draw in ((pos.rotation_rows(2, 4), pos.draw_rotation), (pos.yarn_ratio_rows(), pos.draw_yarn_ratios)):
+        draw(alt.Chart(alt.Data(values=rows))).to_dict()

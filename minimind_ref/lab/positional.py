@@ -330,7 +330,8 @@ def _shared(base):
 
     def make(kind_filter: str | None = None):
         chart = alt.Chart()
-        for t in base.transform:
+        setting = base.transform if isinstance(base.transform, list) else []  # none in a live redraw
+        for t in setting:
             chart = chart.transform_filter(t.filter)
         return chart.transform_filter(kind_filter) if kind_filter else chart
 
