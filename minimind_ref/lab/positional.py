@@ -359,6 +359,7 @@ def draw_rotation(base):
     vec_legend = alt.Legend(
         orient="bottom",
         title=None,
+        labelLimit=400,
         labelExpr="datum.label == 'q' ? 'query pair, at position m = n + offset' : 'key pair, at position n'",
     )
     circle = (
@@ -401,6 +402,7 @@ def draw_rotation(base):
     code_legend = alt.Legend(
         orient="bottom",
         title=None,
+        labelLimit=400,
         labelExpr="datum.label == 'rope' ? 'RoPE: rotate q and k' : 'absolute: add sinusoids to q and k'",
     )
     curve = (
@@ -459,6 +461,8 @@ def draw_yarn_ratios(base):
     import altair as alt
 
     data, make = _shared(base)
+    xs = alt.Scale(domain=[0, 31], nice=False)
+    ys = alt.Scale(type="log", domain=[0.02, 1.1], nice=False)
     order = list(METHOD_LABELS.values())
     label_of = " : ".join(f"datum.method == '{k}' ? '{v}'" for k, v in METHOD_LABELS.items()) + " : ''"
     lines = (
@@ -466,17 +470,17 @@ def draw_yarn_ratios(base):
         .transform_calculate(label=label_of)
         .mark_line(point=True, clip=True)
         .encode(
-            x=alt.X("pair:Q", title="pair index i (0 = fastest frequency)", scale=alt.Scale(domain=[0, 31])),
+            x=alt.X("pair:Q", title="pair index i (0 = fastest frequency)", scale=xs),
             y=alt.Y(
                 "ratio:Q",
-                scale=alt.Scale(type="log", domain=[0.02, 1.1]),
+                scale=ys,
                 title="θ′ᵢ / θᵢ (log scale)",
             ),
             color=alt.Color(
                 "label:N",
                 sort=order,
                 scale=alt.Scale(domain=order, range=["#D55E00", "#0072B2", "#009E73"]),
-                legend=alt.Legend(orient="bottom", title=None, columns=2),
+                legend=alt.Legend(orient="bottom", title=None, columns=2, labelLimit=400),
             ),
             tooltip=["label:N", "pair:Q", alt.Tooltip("ratio:Q", format=".4f")],
         )
@@ -484,22 +488,22 @@ def draw_yarn_ratios(base):
     rules = (
         make("isValid(datum.boundary)")
         .mark_rule(strokeDash=[5, 4], color="#444444")
-        .encode(x="pair:Q", tooltip=["boundary:N", alt.Tooltip("pair:Q", format=".2f")])
+        .encode(x=alt.X("pair:Q", scale=xs), tooltip=["boundary:N", alt.Tooltip("pair:Q", format=".2f")])
     )
     text = (
         make("isValid(datum.boundary)")
         .mark_text(align="left", dx=3, y=8, fontSize=11, color="#444444")
-        .encode(x="pair:Q", text="boundary:N")
+        .encode(x=alt.X("pair:Q", scale=xs), text="boundary:N")
     )
     pi = (
         make("isValid(datum.pi)")
         .mark_rule(color="#7f7f7f", strokeWidth=2)
-        .encode(y="pi:Q", tooltip=[alt.Tooltip("pi:Q", title="PI: 1/s", format=".4f")])
+        .encode(y=alt.Y("pi:Q", scale=ys), tooltip=[alt.Tooltip("pi:Q", title="PI: 1/s", format=".4f")])
     )
     pi_text = (
         make("isValid(datum.pi)")
         .mark_text(align="right", x=515, dy=-7, fontSize=11, color="#555555")
-        .encode(y="pi:Q", text=alt.value("PI: every frequency ÷ s"))
+        .encode(y=alt.Y("pi:Q", scale=ys), text=alt.value("PI: every frequency ÷ s"))
     )
     return alt.layer(lines, pi, pi_text, rules, text, data=data)
 
