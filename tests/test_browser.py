@@ -50,6 +50,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from minimind_ref.lab import REPO_URL
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -609,3 +611,27 @@ def test_explorers_respond(browser, page):
     assert not dead, f"{page}: moving these sliders changed nothing: {dead}"
     assert not external and not errors, f"{page}: while moving sliders: {external or errors}"
     print(f"{page}: {len(moves)} sliders moved in {len(info['charts'])} explorers, each redrew its chart")
+
+
+# ---- files of the build (these need the book built, not a browser) ---------------------------------
+
+CHAPTER_NOTEBOOKS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", CHAPTER_NOTEBOOKS, ids=[p.stem for p in CHAPTER_NOTEBOOKS])
+def test_built_chapter_has_colab_launch_button(path):
+    html = ROOT / "_build" / "html" / "chapters" / f"{path.stem}.html"
+    if not html.exists():
+        skip_or_fail(f"{html.relative_to(ROOT)} not built: run `make book`")
+    url = f"https://colab.research.google.com/github/{REPO_URL.removeprefix('https://github.com/')}/blob/main/chapters/{path.name}"
+    assert url in html.read_text(encoding="utf-8"), f"{html.name} has no launch button to {url}"
+
+
+def test_built_minimind3_page_lists_every_chapter_box():
+    html = ROOT / "_build" / "html" / "appendix" / "minimind3.html"
+    if not html.exists():
+        skip_or_fail("appendix/minimind3.html not built: run `make book`")
+    text = html.read_text(encoding="utf-8")
+    for md in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.md")):
+        if "What MiniMind-3 changed" in md.read_text(encoding="utf-8"):
+            assert f"../chapters/{md.stem}.html#" in text, f"the MiniMind-3 page does not link {md.stem}'s box"
