@@ -318,7 +318,9 @@ def test_steady_memory_keeps_freed_blocks_and_restores_the_defaults():
         inside = faults(lambda: x * 2)
     if not kept:
         pytest.skip("not glibc: mallopt is not available")
-    assert inside < 50  # the freed output is reused: (almost) no fresh pages
+    # the freed output is reused: fresh pages would be 1,024 per call (20,480 in all); allow a
+    # little for the rest of the process (other threads, the allocator's bookkeeping) on a busy machine
+    assert inside < 2 * x.numel() * 4 // 4096
     t = compare({"a": lambda: x * 2}, min_run_time=0.01, rounds=2, steady_memory=True, verbose=False)
     assert t.steady_memory is True
     assert "freed memory kept" in str(t)
