@@ -208,13 +208,36 @@ def test_norm_placements_and_tiny_training():
     assert len(losses) == 3  # a diverging run still reports one value per step (NaN after divergence)
 
 
-def test_gradient_profile_post_ln_stream_is_normalised():
-    stream, grads = nl.gradient_profile("post", layers=3, hidden=64)
-    assert len(stream) == len(grads) == 3
-    assert all(abs(r - 1) < 1e-3 for r in stream[1:])
-    stream_pre, _ = nl.gradient_profile("pre", layers=3, hidden=64, embed_scale=10.0)
-    stream_base, _ = nl.gradient_profile("pre", layers=3, hidden=64)
-    assert stream_pre[0] == pytest.approx(10 * stream_base[0], rel=1e-5)
+def test_depth_probe_post_ln_stream_is_normalised_and_the_gradient_is_the_down_projection():
+    post = nl.depth_probe("post", layers=3, hidden=64)
+    assert len(post["stream"]) == 4 and len(post["ffn_out_grad"]) == 3
+    # post-LN: every block after the first, and the final norm (an identity-like second norm), see RMS ~1
+    assert all(abs(r - 1) < 1e-3 for r in post["stream"][1:])
+    scaled = nl.depth_probe("pre", layers=3, hidden=64, embed_scale=10.0)
+    base = nl.depth_probe("pre", layers=3, hidden=64)
+    assert scaled["stream"][0] == pytest.approx(10 * base["stream"][0], rel=1e-5)
+    assert all(g > 0 for g in base["ffn_out_grad"])
+    assert nl.depth_probe("pre", layers=3, hidden=64) == base  # seeded: the same numbers again
+
+
+def test_norm_inputs_and_dominant_dimension():
+    from minimind_ref import MiniMindForCausalLM
+
+    cfg = nl.tiny_config(layers=2, seq=8)
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(cfg)
+    ids = torch.randint(0, 64, (2, 8))
+    inputs = nl.norm_inputs(model, ids)
+    assert list(inputs) == ["0.attn", "0.mlp", "1.attn", "1.mlp", "final"]
+    assert all(h.shape == (16, cfg.hidden_size) for h in inputs.values())
+    torch.testing.assert_close(inputs["0.attn"], model.model.embed_tokens(ids).reshape(16, -1))
+    stats = nl.norm_input_stats(model, ids)
+    h = inputs["final"]
+    rms = h.pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(stats["final"][1], h.abs().amax(-1) / rms)
+    h = torch.randn(1000, 32)
+    h[:600, 7] = 50.0  # dimension 7 dominates 60 % of the tokens
+    assert nl.dominant_dimension(h) == (7, pytest.approx(0.6, abs=0.02))
 
 
 # ----------------------------------------------------------------------------- plots and widgets
@@ -267,11 +290,40 @@ def test_compare_returns_ratios_without_asserting_on_time(capsys):
     per_round = sorted(m / c for m, c in zip(t.rounds["matmul"], t.rounds["copy"], strict=True))
     assert t.ratio("matmul") == per_round[2]  # the median of the same-round ratios
     assert set(t.ratios()) == {"copy", "matmul"}
+    q1, med, q3 = t.ratio_quartiles("matmul")
+    assert q1 <= med == t.ratio("matmul") <= q3
+    assert t.per_round("matmul", "copy") == [m / c for m, c in zip(t.rounds["matmul"], t.rounds["copy"], strict=True)]
     out = capsys.readouterr().out
     assert "cpu" in out or "cuda" in out or "mps" in out
     with pytest.raises(KeyError):
         compare({"a": lambda: None}, baseline="b", min_run_time=0.01)
     assert bandwidth(4 * 2**20, min_run_time=0.02) > 1e8  # any machine moves more than 100 MB/s
+
+
+def test_steady_memory_keeps_freed_blocks_and_restores_the_defaults():
+    import resource
+
+    from minimind_ref.lab.timing import compare, steady_memory
+
+    def faults(fn, n=20):
+        for _ in range(5):  # the heap grows to its working size first
+            fn()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(n):
+            fn()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    x = torch.randn(2**20)  # 4 MiB: above glibc's default mmap threshold
+    with steady_memory() as kept:
+        inside = faults(lambda: x * 2)
+    if not kept:
+        pytest.skip("not glibc: mallopt is not available")
+    # the freed output is reused: fresh pages would be 1,024 per call (20,480 in all); allow a
+    # little for the rest of the process (other threads, the allocator's bookkeeping) on a busy machine
+    assert inside < 2 * x.numel() * 4 // 4096
+    t = compare({"a": lambda: x * 2}, min_run_time=0.01, rounds=2, steady_memory=True, verbose=False)
+    assert t.steady_memory is True
+    assert "freed memory kept" in str(t)
 
 
 def test_clock_is_thread_cpu_time_only_for_one_cpu_thread():

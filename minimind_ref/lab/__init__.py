@@ -36,7 +36,8 @@ def device_name() -> str:
         return f"cuda ({torch.cuda.get_device_name(0)})"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads != 1 else ''})"
 
 
 def show_versions() -> dict:

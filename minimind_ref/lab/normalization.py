@@ -27,14 +27,16 @@ __all__ = [
     "saved_for_backward",
     "aten_ops",
     "iid_baseline",
+    "norm_inputs",
     "norm_input_stats",
+    "dominant_dimension",
     "PostLNBlock",
     "set_norm_placement",
     "markov_chain",
     "markov_batch",
     "tiny_config",
     "train_tiny",
-    "gradient_profile",
+    "depth_probe",
     "plot_sphere",
 ]
 
@@ -274,16 +276,16 @@ def iid_baseline(dim: int, n: int = 20_000, seed: int = 0) -> tuple[float, float
     return float((z.mean(-1).abs() / rms).median()), float((z.abs().amax(-1) / rms).median())
 
 
-def norm_input_stats(model, ids: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """For each RMSNorm of a MiniMind (two per block, then the final one), per token of its input:
-    ``(|mean| / RMS, max_i |x_i| / RMS)``, from forward pre-hooks during one forward pass."""
-    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+def norm_inputs(model, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input of each RMSNorm of a MiniMind (two per block, named ``"<i>.attn"`` and ``"<i>.mlp"``,
+    then ``"final"``) during one forward pass of ``ids``, as float32 (tokens, hidden) tensors, from
+    forward pre-hooks."""
+    inputs: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
         def record(module, args):
             h = args[0].detach().float()
-            rms = h.pow(2).mean(-1).sqrt()
-            stats[name] = ((h.mean(-1).abs() / rms).flatten(), (h.abs().amax(-1) / rms).flatten())
+            inputs[name] = h.reshape(-1, h.shape[-1])
 
         return record
 
@@ -299,7 +301,26 @@ def norm_input_stats(model, ids: torch.Tensor) -> dict[str, tuple[torch.Tensor, 
     finally:
         for h in handles:
             h.remove()
+    return inputs
+
+
+def norm_input_stats(model, ids: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For each RMSNorm of a MiniMind (two per block, then the final one), per token of its input:
+    ``(|mean| / RMS, max_i |x_i| / RMS)`` (see :func:`norm_inputs`)."""
+    stats = {}
+    for name, h in norm_inputs(model, ids).items():
+        rms = h.pow(2).mean(-1).sqrt()
+        stats[name] = (h.mean(-1).abs() / rms, h.abs().amax(-1) / rms)
     return stats
+
+
+def dominant_dimension(h: torch.Tensor) -> tuple[int, float]:
+    """For (tokens, D) hidden states: the dimension that most often holds a token's largest |component|,
+    and the share of tokens for which it does (about 1/D, plus sampling noise, when no dimension stands
+    out; near 1 when one feature dimension dominates every token)."""
+    counts = torch.bincount(h.abs().argmax(-1), minlength=h.shape[-1])
+    top = int(counts.argmax())
+    return top, float(counts[top]) / h.shape[0]
 
 
 def _block_class():
@@ -394,11 +415,13 @@ def train_tiny(placement: str, *, seed: int, lr: float, batches: torch.Tensor, v
     return losses, val_loss if math.isfinite(val_loss) else math.nan
 
 
-def gradient_profile(placement: str = "pre", *, seed: int = 0, embed_scale: float = 1.0, layers: int = 12,
-                     hidden: int = 128) -> tuple[list[float], list[float]]:
-    """At initialisation: the RMS of the residual stream entering each block, and the norm of the
-    gradient each block's parameters receive from one language-modelling loss on random tokens.
-    ``embed_scale`` multiplies the token embeddings on their way into the first block (the control)."""
+def depth_probe(placement: str = "pre", *, layers: int, seed: int = 0, hidden: int = 128,
+                embed_scale: float = 1.0) -> dict[str, list[float]]:
+    """At initialisation, one language-modelling loss on random tokens through a MiniMind of ``layers``
+    blocks with the given norm ``placement``: ``"stream"``, the RMS of the residual stream entering each
+    block and then the final norm (``layers + 1`` values), and ``"ffn_out_grad"``, the Frobenius norm of
+    the gradient of each block's last feed-forward matrix (``mlp.down_proj``, Xiong et al.'s
+    :math:`W^{2,l}`). ``embed_scale`` multiplies the token embeddings on their way into the first block."""
     from minimind_ref.model import MiniMindForCausalLM
 
     torch.manual_seed(seed)
@@ -407,12 +430,17 @@ def gradient_profile(placement: str = "pre", *, seed: int = 0, embed_scale: floa
     if embed_scale != 1.0:
         model.model.embed_tokens.register_forward_hook(lambda m, a, out: out * embed_scale)
     stream: list[float] = []
+
+    def record(module, args):
+        stream.append(float(args[0].detach().pow(2).mean().sqrt()))
+
     for block in model.model.layers:
-        block.register_forward_pre_hook(lambda m, a: stream.append(float(a[0].detach().pow(2).mean().sqrt())))
+        block.register_forward_pre_hook(record)
+    model.model.norm.register_forward_pre_hook(record)
     ids = torch.randint(0, cfg.vocab_size, (4, 32), generator=torch.Generator().manual_seed(seed + 1))
     model(ids, labels=ids).loss.backward()
-    grads = [float(torch.cat([p.grad.flatten() for p in b.parameters()]).norm()) for b in model.model.layers]
-    return stream, grads
+    grads = [float(block.mlp.down_proj.weight.grad.norm()) for block in model.model.layers]
+    return {"stream": stream, "ffn_out_grad": grads}
 
 
 def plot_sphere(ax, x=(2.0, 1.0), scales=(0.4, 1.0, 1.7), u=(1.0, 0.6)) -> dict[str, torch.Tensor]:
