@@ -198,7 +198,7 @@ def descend_aux(probs: torch.Tensor, top_k: int, steps: int = 150, lr: float = 0
 
     g = torch.Generator().manual_seed(seed)
     n = probs.shape[-1]
-    logits = (probs.double().clamp_min(1e-12).log() + 0.02 * torch.randn(probs.shape, generator=g, dtype=torch.float64))
+    logits = probs.double().clamp_min(1e-12).log() + 0.02 * torch.randn(probs.shape, generator=g, dtype=torch.float64)
     logits.requires_grad_(True)
     values, imbalance = [], []
     for _ in range(steps + 1):
@@ -421,7 +421,9 @@ def router_rows(top_k: int = 2, temperature: float = 1.0, tilt: float = 0.0) -> 
     ]
     for e in range(4):
         rows.append({"panel": "bar", "expert": f"expert {e}", "quantity": "load f", "value": float(s["f"][e])})
-        rows.append({"panel": "bar", "expert": f"expert {e}", "quantity": "mean probability P", "value": float(s["P"][e])})
+        rows.append(
+            {"panel": "bar", "expert": f"expert {e}", "quantity": "mean probability P", "value": float(s["P"][e])}
+        )
     rows.append({"panel": "text", "label": f"aux loss = {s['aux_over_alpha']:.3f} α"})
     return rows
 
@@ -445,9 +447,7 @@ def draw_router(base):
             x=alt.X("x:Q", title="hidden feature 1", scale=alt.Scale(domain=[-3, 3])),
             y=alt.Y("y:Q", title="hidden feature 2", scale=alt.Scale(domain=[-3, 3])),
             color=colour,
-            size=alt.Size(
-                "top-1 probability:Q", scale=alt.Scale(domain=[0.25, 1], range=[10, 120]), legend=None
-            ),
+            size=alt.Size("top-1 probability:Q", scale=alt.Scale(domain=[0.25, 1], range=[10, 120]), legend=None),
             tooltip=["expert:N", "top-1 probability:Q"],
         )
         .properties(width=260, height=260, title="(a) tokens, by top-1 expert (size: its probability)")
@@ -486,20 +486,33 @@ def plot_router(axes, top_k: int = 2, temperature: float = 1.0, tilt: float = 0.
     region = router_scores(gate, _router_hidden(pts)).argmax(-1).reshape(gx.shape)
     from matplotlib.colors import ListedColormap
 
-    ax.contourf(gx, gy, region, levels=[-0.5, 0.5, 1.5, 2.5, 3.5], cmap=ListedColormap(EXPERT_COLORS), alpha=0.18)
+    ax.contourf(
+        gx.numpy(),
+        gy.numpy(),
+        region.numpy(),
+        levels=[-0.5, 0.5, 1.5, 2.5, 3.5],
+        cmap=ListedColormap(EXPERT_COLORS),
+        alpha=0.18,
+    )
     top1 = s["scores"].argmax(-1)
     for e in range(4):
         m = top1 == e
         size = 10 + 110 * (s["scores"][m, e] - 0.25) / 0.75
-        ax.scatter(s["points"][m, 0], s["points"][m, 1], s=size, color=EXPERT_COLORS[e], label=f"expert {e}")
+        ax.scatter(
+            s["points"][m, 0].tolist(),
+            s["points"][m, 1].tolist(),
+            s=size.tolist(),
+            color=EXPERT_COLORS[e],
+            label=f"expert {e}",
+        )
     ax.set_xlim(-3, 3)
     ax.set_ylim(-3, 3)
     ax.set_aspect("equal")
-    x = torch.arange(4, dtype=torch.float64)
-    bx.bar(x - 0.2, s["f"], 0.4, color="#444444", label="load f (share of selections)")
-    bx.bar(x + 0.2, s["P"], 0.4, color="#E69F00", label="mean probability P")
+    pos = list(range(4))
+    bx.bar([p - 0.2 for p in pos], s["f"].tolist(), 0.4, color="#444444", label="load f (share of selections)")
+    bx.bar([p + 0.2 for p in pos], s["P"].tolist(), 0.4, color="#E69F00", label="mean probability P")
     bx.axhline(0.25, color="#888888", linestyle=":", linewidth=1)
-    bx.set_xticks(x.tolist(), [f"expert {e}" for e in range(4)])
+    bx.set_xticks(pos, [f"expert {e}" for e in range(4)])
     bx.text(0.02, 0.95, f"aux loss = {s['aux_over_alpha']:.3f} α", transform=bx.transAxes, va="top", fontweight="bold")
     return s
 
