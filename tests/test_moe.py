@@ -251,3 +251,42 @@ def test_plot_router_draws_two_panels():
     assert len(axes[0].collections) > 0 and len(axes[1].patches) == 8
     assert s["f"].sum().item() == pytest.approx(1.0)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- a trained model's routing
+
+
+def test_routing_records_and_their_statistics():
+    torch.manual_seed(4)
+    cfg = small_config(num_hidden_layers=2, vocab_size=40)
+    model = MiniMindForCausalLM(cfg).eval()
+    docs = [torch.randint(0, 40, (n,)).tolist() for n in (9, 12, 7, 10)]
+    rec = lm.routing_records(model, docs, ["b", "a", "b", "a"])
+    assert rec["names"] == ["a", "b"] and rec["top1"].shape == (38, 2) and rec["scores"].shape == (38, 2, 4)
+    assert rec["label"][:9].tolist() == [1] * 9 and rec["doc"][-1].item() == 3
+    with torch.no_grad():  # the first choice is the argmax of the gate's own probabilities
+        h = model.model.embed_tokens(torch.tensor([docs[0]]))
+        layer0 = model.model.layers[0]
+        pe = (model.model.freqs_cos[:9], model.model.freqs_sin[:9])
+        h = h + layer0.self_attn(layer0.input_layernorm(h), pe)
+        scores = lm.router_scores(layer0.mlp.gate, layer0.post_attention_layernorm(h))
+    assert_close(rec["scores"][:9, 0], scores)
+    shares = lm.label_expert_shares(rec, 1)
+    assert shares.shape == (2, 4) and and_close_rows(shares)
+    token_top = lm.distinctive_tokens(rec, 0, int(rec["top1"][0, 0]), min_count=1, top=3)
+    assert 0 < len(token_top) <= 3 and all(lift > 0 for _, lift in token_top)
+
+
+def and_close_rows(m):
+    assert_close(m.sum(1), torch.ones(m.shape[0]))
+    return True
+
+
+def test_heldout_accuracy_of_a_perfect_and_a_useless_key():
+    groups = torch.arange(100) // 10  # 10 documents of 10 tokens
+    key = torch.arange(100) % 5
+    target = key % 3  # a function of the key
+    assert lm.heldout_accuracy(key, target, groups) == 1.0
+    noise = torch.randint(0, 3, (100,), generator=torch.Generator().manual_seed(0))
+    useless = lm.heldout_accuracy(torch.zeros(100, dtype=torch.long), noise, groups)
+    assert useless == pytest.approx(max(torch.bincount(noise).tolist()) / 100, abs=0.1)

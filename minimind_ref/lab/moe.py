@@ -55,6 +55,10 @@ __all__ = [
     "logit_push",
     "trace_routing",
     "all_to_all_bytes",
+    "routing_records",
+    "heldout_accuracy",
+    "label_expert_shares",
+    "distinctive_tokens",
 ]
 
 
@@ -733,3 +737,83 @@ def all_to_all_bytes(hidden: int, top_k: int, bytes_per_value: int = 2) -> int:
     """Bytes one token sends across devices per MoE layer with expert parallelism, at worst (every
     chosen expert on another device): its hidden state to each of its K experts, and K results back."""
     return 2 * top_k * hidden * bytes_per_value
+
+
+# ----------------------------------------------------------------------------- a trained model's routing
+
+
+@torch.no_grad()
+def routing_records(model: nn.Module, token_lists: list[list[int]], labels: list[str]) -> dict:
+    """Route documents through a trained MoE model and record, for every token, its first-choice expert
+    in every MoE layer.
+
+    token_lists: one list of token ids per document; labels: one label per document (e.g. its package).
+    Returns tensors over all tokens: ``token`` (ids), ``doc`` (document index), ``label`` (index into
+    ``names``), ``top1`` (tokens, layers) and ``scores`` (tokens, layers, N) router probabilities."""
+    gates = [m.gate for m in _moe_layers(model)]
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [
+        g.register_forward_hook(lambda m, args, out, k=k: seen.__setitem__(k, router_scores(m, args[0])))
+        for k, g in enumerate(gates)
+    ]
+    names = sorted(set(labels))
+    token, doc, label, scores = [], [], [], []
+    try:
+        for d, (ids, lab) in enumerate(zip(token_lists, labels, strict=True)):
+            model(torch.tensor([ids]))
+            scores.append(torch.stack([seen[k].float() for k in range(len(gates))], dim=1))  # (L, layers, N)
+            token += ids
+            doc += [d] * len(ids)
+            label += [names.index(lab)] * len(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    scores_t = torch.cat(scores)
+    return {
+        "token": torch.tensor(token),
+        "doc": torch.tensor(doc),
+        "label": torch.tensor(label),
+        "names": names,
+        "scores": scores_t,
+        "top1": scores_t.argmax(-1),
+    }
+
+
+def heldout_accuracy(key: torch.Tensor, target: torch.Tensor, groups: torch.Tensor) -> float:
+    """How well ``key`` predicts ``target`` on unseen documents: for each value of the key, the most frequent
+    target in the even-numbered groups predicts the odd-numbered ones, and vice versa (a value never seen
+    predicts the most frequent target overall); the mean of the two accuracies."""
+    scores = []
+    for train in (groups % 2 == 0, groups % 2 == 1):
+        test = ~train
+        n_targets = int(target.max()) + 1
+        counts: dict[int, torch.Tensor] = {}
+        for k, t in zip(key[train].tolist(), target[train].tolist(), strict=True):
+            counts.setdefault(k, torch.zeros(n_targets))[t] += 1
+        fallback = int(torch.bincount(target[train], minlength=n_targets).argmax())
+        best = {k: int(c.argmax()) for k, c in counts.items()}
+        pred = torch.tensor([best.get(k, fallback) for k in key[test].tolist()])
+        scores.append(float((pred == target[test]).float().mean()))
+    return sum(scores) / 2
+
+
+def label_expert_shares(records: dict, layer: int) -> torch.Tensor:
+    """(labels, N): the share of each label's tokens whose first choice in ``layer`` is each expert."""
+    n_labels = len(records["names"])
+    n_experts = records["scores"].shape[-1]
+    shares = torch.zeros(n_labels, n_experts)
+    shares.index_put_((records["label"], records["top1"][:, layer]), torch.ones(len(records["token"])), accumulate=True)
+    return shares / shares.sum(1, keepdim=True)
+
+
+def distinctive_tokens(records: dict, layer: int, expert: int, min_count: int = 20, top: int = 8) -> list:
+    """The tokens most over-represented among an expert's first choices in ``layer``: (token id, lift) with
+    lift = P(token | expert) / P(token), among tokens seen at least ``min_count`` times."""
+    token = records["token"]
+    mine = token[records["top1"][:, layer] == expert]
+    overall = torch.bincount(token)
+    chosen = torch.bincount(mine, minlength=len(overall))
+    lift = (chosen / max(len(mine), 1)) / (overall / len(token)).clamp_min(1e-12)
+    lift[overall < min_count] = 0
+    best = lift.argsort(descending=True)[:top]
+    return [(int(t), float(lift[t])) for t in best if lift[t] > 0]
