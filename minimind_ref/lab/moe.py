@@ -42,6 +42,7 @@ __all__ = [
     "document_moe_infer",
     "fp16_buffer_training_path",
     "LossFreeBiasGate",
+    "router_logits",
     "router_rows",
     "draw_router",
     "plot_router",
@@ -59,6 +60,7 @@ __all__ = [
     "heldout_accuracy",
     "label_expert_shares",
     "distinctive_tokens",
+    "book_validation_documents",
 ]
 
 
@@ -386,6 +388,11 @@ def router_gate(top_k: int, temperature: float, tilt: float, alpha: float = 0.01
 def _router_hidden(points: torch.Tensor) -> torch.Tensor:
     ones = torch.ones(points.shape[0], 1)
     return torch.cat([points, ones, torch.zeros_like(ones)], dim=1)[None]  # (1, T, 4): one sequence
+
+
+def router_logits(top_k: int = 2, temperature: float = 1.0, tilt: float = 0.0) -> torch.Tensor:
+    """(tokens, 4) logits of the explorer's router for its tokens."""
+    return F.linear(_router_hidden(_router_tokens())[0], router_gate(top_k, temperature, tilt).weight)
 
 
 def router_stats(top_k: int = 2, temperature: float = 1.0, tilt: float = 0.0, alpha: float = 0.01) -> dict:
@@ -817,3 +824,22 @@ def distinctive_tokens(records: dict, layer: int, expert: int, min_count: int = 
     lift[overall < min_count] = 0
     best = lift.argsort(descending=True)[:top]
     return [(int(t), float(lift[t])) for t in best if lift[t] > 0]
+
+
+def book_validation_documents() -> list[tuple[str, str]]:
+    """(package, text) for each validation document of the book models' corpus (``minimind_ref.data``): the
+    source files of the corpus's packages that its split assigns to validation, read from the packages as
+    installed here (the corpus also drops docstrings repeated elsewhere; this does not)."""
+    from .. import data
+
+    docs = []
+    for name in data.BOOK_SOURCES:
+        root = data.source_root(name)
+        for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+            rel = path.relative_to(root)
+            if data.SKIP_DIRS & set(rel.parts[:-1]) or not data.is_validation(f"{name}:{rel.as_posix()}"):
+                continue
+            text = "\n\n".join(data.file_docstrings(path))
+            if text:
+                docs.append((name, text))
+    return docs
