@@ -717,7 +717,8 @@ def capacity_drop(loads: torch.Tensor, capacity_factor: float) -> torch.Tensor:
     """Share of the (token, slot) pairs an expert capacity would drop, from the loads f (..., N).
 
     With GShard's and Switch's capacity, each expert takes at most capacity_factor * T * K / N of the
-    T * K pairs of a batch; the pairs beyond it are dropped (they skip the layer through the residual).
+    T * K pairs of a batch; the pairs beyond it are dropped (their expert's contribution is lost; a token
+    whose every pair is dropped passes through the residual alone).
     In shares of the pairs: sum_i max(0, f_i - capacity_factor / N)."""
     n = loads.shape[-1]
     return (loads - capacity_factor / n).clamp_min(0).sum(-1)
