@@ -274,6 +274,12 @@ def test_bibliography_parses_without_duplicates():
     )
     data = parse_file(str(ROOT / "references.bib"))
     assert set(data.entries) == set(keys)
+    # references.bib merges as a union (.gitattributes): a merge can lose an entry's closing brace, which
+    # the parser may swallow silently into the next entry
+    text = (ROOT / "references.bib").read_text(encoding="utf-8")
+    for chunk in re.split(r"(?m)^(?=@)", text):
+        if chunk.startswith("@"):
+            assert chunk.count("{") == chunk.count("}"), f"unbalanced braces in {chunk.splitlines()[0]!r}"
     for key, entry in data.entries.items():
         assert "title" in entry.fields and "year" in entry.fields, f"{key}: needs a title and a year"
         assert entry.persons.get("author"), f"{key}: needs authors"
