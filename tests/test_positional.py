@@ -171,7 +171,46 @@ def test_extrapolation_experiment_small():
     assert set(out["losses"]) == set(pos.METHODS)
     for v in out["losses"].values():
         assert v.shape == (1, 31) and torch.isfinite(v).all()
+    for v in out["far_share"].values():
+        assert v.shape == (1, 32) and float(v.min()) >= 0 and float(v.max()) <= 1 + 1e-6
     assert out["settings"]["head_dim"] == 32
+
+
+def test_far_attention_share_is_the_weight_beyond_the_lag():
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(pos.tiny_config(48)).eval()
+    ids = torch.randint(0, 32, (2, 48))
+    share = pos.far_attention_share(model, ids, max_lag=16)
+    assert share.shape == (48,) and bool((share[:17] == 0).all())  # no key is that far back yet
+    # a model whose attention ignores q and k attends uniformly: share (t - 16) / (t + 1)
+    for layer in model.model.layers:
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+            torch.nn.init.zeros_(proj.weight)
+    uniform = pos.far_attention_share(model, ids, max_lag=16)
+    t = torch.arange(48, dtype=torch.float64)
+    assert_close(uniform, ((t - 16) / (t + 1)).clamp(min=0), atol=1e-6, rtol=1e-6)
+    assert model.model.layers[0].self_attn.flash == MiniMindConfig().flash_attn  # the original is untouched
+
+
+def test_sequence_losses_match_the_model_loss():
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(pos.tiny_config(40)).eval()
+    ids = torch.randint(0, 32, (5, 40))
+    per = pos.sequence_losses(model, ids, chunk=2)
+    assert per.shape == (5, 39)
+    with torch.no_grad():
+        assert float(per.mean()) == pytest.approx(float(model(ids, labels=ids).loss), rel=1e-5)
+    assert_close(per.mean(0), pos.position_losses(model, ids))
+
+
+def test_held_out_stretches_are_validation_documents():
+    from minimind_ref.lab import book_model
+
+    _, tok = book_model("dense")
+    st = pos.held_out_stretches(tok, 64, sources=("stdlib",))
+    assert st.ndim == 2 and st.shape[1] == 64 and st.shape[0] >= 3
+    assert bool((st[:, 0] == tok.bos_token_id).all())
+    assert not bool((st[:, 1:] == tok.bos_token_id).any())  # one document per stretch
 
 
 def test_with_tables_leaves_the_original_alone():
@@ -200,3 +239,18 @@ def test_draws_work_on_a_plain_chart_as_the_live_sliders_call_them():
 
     for rows, draw in ((pos.rotation_rows(2, 4), pos.draw_rotation), (pos.yarn_ratio_rows(), pos.draw_yarn_ratios)):
         draw(alt.Chart(alt.Data(values=rows))).to_dict()
+
+
+def test_device_name_counts_threads_in_english():
+    from minimind_ref.lab import device_name
+
+    if torch.cuda.is_available():
+        pytest.skip("the thread count is only in the CPU name")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert device_name().endswith(", 1 thread)")
+        torch.set_num_threads(2)
+        assert device_name().endswith(", 2 threads)")
+    finally:
+        torch.set_num_threads(before)

@@ -49,7 +49,10 @@ __all__ = [
     "method_tables",
     "with_tables",
     "position_losses",
+    "sequence_losses",
+    "far_attention_share",
     "extrapolation_experiment",
+    "held_out_stretches",
 ]
 
 
@@ -448,7 +451,10 @@ def yarn_ratio_rows(
         "ntk": ntk_ratio(dim, factor),
     }
     rows = [{"pi": 1.0 / factor}]  # PI divides every frequency by s: drawn as one horizontal rule
-    rows += [{"pair": i, "ratio": float(v[i]), "method": k} for k, v in ratios.items() for i in range(dim // 2)]
+    # four significant digits: every row is stored in the page, and a plot needs no more
+    rows += [
+        {"pair": i, "ratio": float(f"{float(v[i]):.4g}"), "method": k} for k, v in ratios.items() for i in range(dim // 2)
+    ]
     for name, turns in (("r = β_fast", beta_fast), ("r = β_slow", beta_slow)):
         i_star = dim * math.log(original_max / (turns * 2 * math.pi)) / (2 * math.log(base))
         if 0 <= i_star <= dim // 2 - 1:
@@ -634,6 +640,38 @@ def position_losses(model, ids: torch.Tensor) -> torch.Tensor:
     return loss.view(ids.shape[0], -1).mean(0).double()
 
 
+@torch.no_grad()
+def sequence_losses(model, ids: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """Next-token cross-entropy of each sequence at each position: (n, seq_len - 1) float64, computed
+    ``chunk`` sequences at a time (a large vocabulary makes the logits of a whole batch heavy)."""
+    rows = []
+    for part in ids.split(chunk):
+        logits = model(part).logits.float()
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), part[:, 1:].reshape(-1), reduction="none"
+        )
+        rows.append(loss.view(part.shape[0], -1).double())
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def far_attention_share(model, ids: torch.Tensor, max_lag: int = 16) -> torch.Tensor:
+    """Share of each query's attention weight on keys more than ``max_lag`` tokens back, averaged over
+    the batch, the heads and the layers: (seq_len,) float64. Entry t is that share for the query at
+    position t (0 while t <= max_lag). The weights are read from the explicit attention path of a copy
+    of ``model`` (a hook on its attention dropout, the identity in eval mode)."""
+    other = copy.deepcopy(model).eval()
+    captured = []
+    for layer in other.model.layers:
+        layer.self_attn.flash = False
+        layer.self_attn.attn_dropout.register_forward_hook(lambda _m, _i, out: captured.append(out.float()))
+    other(ids)
+    seq_len = ids.shape[1]
+    far = torch.ones(seq_len, seq_len, dtype=torch.bool).tril(-(max_lag + 1))
+    shares = [(w * far).sum(-1).mean((0, 1)) for w in captured]  # each (seq_len,)
+    return torch.stack(shares).mean(0).double()
+
+
 def extrapolation_experiment(
     seeds=(0, 1, 2),
     train_len: int = 64,
@@ -646,12 +684,14 @@ def extrapolation_experiment(
     """Train one tiny model per seed at ``train_len`` tokens, then measure its loss at every position
     of sequences ``factor`` times longer, once per position code of ``methods``.
 
-    Returns {"losses": {method: (n_seeds, factor * train_len - 1) tensor}, "train_losses":
-    [per-seed loss curves], "settings": {...}}. The evaluation data are the same for every seed and
+    Returns {"losses": {method: (n_seeds, factor * train_len - 1) tensor}, "far_share": {method:
+    (n_seeds, factor * train_len) tensor, the :func:`far_attention_share` beyond the 16 lags the data
+    copy from}, "train_losses": [per-seed loss curves], "settings": {...}}. The evaluation data are the same for every seed and
     method (one generator seed), so the methods are compared on identical tokens."""
     end = factor * train_len
     eval_ids = lag_copy_batch(eval_batch, end, torch.Generator().manual_seed(12345))
     out = {m: [] for m in methods}
+    far = {m: [] for m in methods}
     train_curves = []
     head_dim = None
     for seed in seeds:
@@ -660,7 +700,9 @@ def extrapolation_experiment(
         head_dim = model.config.head_dim
         for m in methods:
             cos, sin = method_tables(m, head_dim, end, base, train_len)
-            out[m].append(position_losses(with_tables(model, cos, sin), eval_ids))
+            extended = with_tables(model, cos, sin)
+            out[m].append(position_losses(extended, eval_ids))
+            far[m].append(far_attention_share(extended, eval_ids))
     settings = dict(
         seeds=tuple(seeds),
         train_len=train_len,
@@ -670,4 +712,33 @@ def extrapolation_experiment(
         eval_batch=eval_batch,
         head_dim=head_dim,
     )
-    return {"losses": {m: torch.stack(v) for m, v in out.items()}, "train_losses": train_curves, "settings": settings}
+    return {
+        "losses": {m: torch.stack(v) for m, v in out.items()},
+        "far_share": {m: torch.stack(v) for m, v in far.items()},
+        "train_losses": train_curves,
+        "settings": settings,
+    }
+
+
+def held_out_stretches(tokenizer, length: int, sources=None) -> torch.Tensor:
+    """(n, length) token ids: the first ``length`` tokens (bos, then the text) of every validation
+    document of the book's corpus that has that many, one stretch per document, so that no stretch
+    crosses a document boundary. The documents are the docstrings of the validation files (the split
+    is by source file, :func:`minimind_ref.data.is_validation`) of the libraries installed here, read
+    without the corpus's cross-file de-duplication (which needs every file)."""
+    from minimind_ref import data
+
+    rows = []
+    for name in sources or data.BOOK_SOURCES:
+        root = data.source_root(name)
+        for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+            rel = path.relative_to(root)
+            if data.SKIP_DIRS & set(rel.parts[:-1]) or not data.is_validation(f"{name}:{rel.as_posix()}"):
+                continue
+            docs = data.file_docstrings(path)
+            ids = [tokenizer.bos_token_id] + list(tokenizer.encode("\n\n".join(docs))) if docs else []
+            if len(ids) >= length:
+                rows.append(torch.tensor(ids[:length]))
+    if not rows:
+        raise ValueError(f"no validation document has {length} tokens")
+    return torch.stack(rows)
