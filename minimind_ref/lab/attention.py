@@ -23,6 +23,7 @@ __all__ = [
     "projection_flops_per_token",
     "step_flops",
     "measured_flops",
+    "attention_scores",
     "attention_maps",
     "heatmap_rows",
     "convert_kv_heads",
@@ -78,16 +79,15 @@ def kv_cache_rows(
     context: int = 4096,
     batch: int = 1,
 ) -> list[dict]:
-    """Explorer rows: the KV cache of MHA (``heads`` KV heads), GQA (``kv_heads``) and MQA (1), in GiB,
-    as {attention, n_kv, gib, text}."""
+    """Explorer rows: one row with the KV cache of MHA (``heads`` KV heads), GQA (``kv_heads``) and MQA
+    (one KV head) in GiB, as {MHA, GQA, MQA} (``draw_kv_cache`` unfolds it into three bars)."""
     if kv_heads > heads or heads % kv_heads:
         raise ValueError(f"kv_heads={kv_heads} must divide heads={heads}")
-    rows = []
-    for name, n_kv in (("MHA", heads), (f"GQA ({kv_heads} KV heads)", kv_heads), ("MQA", 1)):
-        gib = kv_cache_bytes(layers, n_kv, head_dim, context, batch, bytes_per_value) / 2**30
-        text = f"{gib:.3g} GiB" if gib >= 1 else f"{gib * 1024:.3g} MiB"
-        rows.append({"attention": name, "n_kv": n_kv, "gib": gib, "text": text})
-    return rows
+    sizes = {
+        name: kv_cache_bytes(layers, n_kv, head_dim, context, batch, bytes_per_value) / 2**30
+        for name, n_kv in (("MHA", heads), ("GQA", kv_heads), ("MQA", 1))
+    }
+    return [sizes]
 
 
 # ---------------------------------------------------------------------------- FLOPs
@@ -141,26 +141,44 @@ def measured_flops(fn: Callable[[], object]) -> int:
 # ---------------------------------------------------------------------------- attention maps
 
 
+def attention_scores(attn, x: torch.Tensor, position_embeddings, mask: torch.Tensor | None = None,
+                     masked: bool = True) -> torch.Tensor:
+    """The scaled scores q.k / sqrt(head_dim) that ``attn`` (a ``minimind_ref`` Attention) computes for
+    input ``x`` (batch, T, hidden), (batch, heads, T, T), float32: queries and keys projected, QK-normed
+    if the module has it, rotated; masked with ``mask`` (True = allowed; None = causal) when ``masked``."""
+    from minimind_ref.attention import repeat_kv
+    from minimind_ref.rope import apply_rotary_pos_emb
+
+    bsz, seq_len, _ = x.shape
+    q = attn.q_proj(x).view(bsz, seq_len, attn.n_heads, attn.head_dim)
+    k = attn.k_proj(x).view(bsz, seq_len, attn.n_kv_heads, attn.head_dim)
+    if getattr(attn, "q_norm", None) is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+    k = repeat_kv(k, attn.n_rep)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) / math.sqrt(attn.head_dim)
+    if masked:
+        if mask is None:
+            mask = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril()
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores
+
+
 @torch.no_grad()
 def attention_maps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    masked: bool = True) -> torch.Tensor:
     """The attention weights of every layer and head, (layers, batch, heads, T, T), float32.
 
     Runs the model once and recomputes each layer's weights from the input its attention module
-    received: queries and keys projected, QK-normed if the model has it, rotated, scores scaled by
-    1/sqrt(head_dim), masked as in the model (causal and padding) when ``masked``, else unmasked
-    (what the softmax would give if nothing were hidden), softmax in float32.
+    received (:func:`attention_scores`, then a float32 softmax): masked as in the model (causal and
+    padding) when ``masked``, else unmasked (what the softmax would give if nothing were hidden).
     """
-    from minimind_ref.attention import repeat_kv
-    from minimind_ref.rope import apply_rotary_pos_emb
-
     captured = []
 
     def grab(module, args):
         captured.append((module, *args))
 
-    layers = model.model.layers
-    hooks = [layer.self_attn.register_forward_pre_hook(grab) for layer in layers]
+    hooks = [layer.self_attn.register_forward_pre_hook(grab) for layer in model.model.layers]
     try:
         model(input_ids, attention_mask=attention_mask)
     finally:
@@ -169,19 +187,7 @@ def attention_maps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     maps = []
     for attn, x, pos, *rest in captured:
         mask = rest[0] if rest else None
-        bsz, seq_len, _ = x.shape
-        q = attn.q_proj(x).view(bsz, seq_len, attn.n_heads, attn.head_dim)
-        k = attn.k_proj(x).view(bsz, seq_len, attn.n_kv_heads, attn.head_dim)
-        if getattr(attn, "q_norm", None) is not None:
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = apply_rotary_pos_emb(q, k, *pos)
-        k = repeat_kv(k, attn.n_rep)
-        scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) / math.sqrt(attn.head_dim)
-        if masked:
-            if mask is None:
-                mask = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril()
-            scores = scores.masked_fill(~mask, float("-inf"))
-        maps.append(scores.softmax(-1))
+        maps.append(attention_scores(attn, x, pos, mask, masked).softmax(-1))
     return torch.stack(maps)
 
 
@@ -391,27 +397,23 @@ def draw_mask(ax, allowed: torch.Tensor, title: str, xlabel: str = "key position
 
 
 def draw_kv_cache(base):
-    """Explorer ``draw``: one bar per attention variant (GiB, log scale) with its size written on it."""
+    """Explorer ``draw``: one bar per attention variant (GiB, log scale) with its size written above it."""
     import altair as alt
 
     order = ["MHA", "GQA", "MQA"]
-    x = alt.X("attention:N", sort=None, title="attention variant (KV heads)", axis=alt.Axis(labelAngle=0))
-    y = alt.Y(
-        "gib:Q",
-        scale=alt.Scale(type="log", domain=[1e-4, 1e4]),
-        title="KV-cache size (GiB, log scale)",
+    long = base.transform_fold(order, as_=["attention", "gib"]).transform_calculate(
+        text="datum.gib >= 1 ? format(datum.gib, '.3~r') + ' GiB' : format(datum.gib * 1024, '.3~r') + ' MiB'",
+        kv="datum.attention == 'MHA' ? datum.heads : (datum.attention == 'GQA' ? datum.kv_heads : 1)",
     )
-    colors = alt.Color(
-        "kind:N",
-        scale=alt.Scale(domain=order, range=["#0072B2", "#D55E00", "#009E73"]),
-        legend=None,
+    x = alt.X("attention:N", sort=order, title="attention variant", axis=alt.Axis(labelAngle=0))
+    y = alt.Y("gib:Q", scale=alt.Scale(type="log", domain=[1e-4, 1e4]), title="KV-cache size (GiB, log scale)")
+    color = alt.Color(
+        "attention:N", sort=order, scale=alt.Scale(domain=order, range=["#0072B2", "#D55E00", "#009E73"]), legend=None
     )
-    bars = (
-        base.transform_calculate(kind="split(datum.attention, ' ')[0]")
-        .mark_bar()
-        .encode(x=x, y=y, color=colors, tooltip=["attention:N", "n_kv:Q", "text:N"])
+    bars = long.mark_bar().encode(
+        x=x, y=y, color=color, tooltip=["attention:N", alt.Tooltip("kv:Q", title="KV heads"), "text:N"]
     )
-    labels = base.mark_text(dy=-8, fontSize=12).encode(x=x, y=y, text="text:N")
+    labels = long.mark_text(dy=-8, fontSize=12).encode(x=x, y=y, text="text:N")
     return bars + labels
 
 
