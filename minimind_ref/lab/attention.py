@@ -141,8 +141,9 @@ def measured_flops(fn: Callable[[], object]) -> int:
 # ---------------------------------------------------------------------------- attention maps
 
 
-def attention_scores(attn, x: torch.Tensor, position_embeddings, mask: torch.Tensor | None = None,
-                     masked: bool = True) -> torch.Tensor:
+def attention_scores(
+    attn, x: torch.Tensor, position_embeddings, mask: torch.Tensor | None = None, masked: bool = True
+) -> torch.Tensor:
     """The scaled scores q.k / sqrt(head_dim) that ``attn`` (a ``minimind_ref`` Attention) computes for
     input ``x`` (batch, T, hidden), (batch, heads, T, T), float32: queries and keys projected, QK-normed
     if the module has it, rotated; masked with ``mask`` (True = allowed; None = causal) when ``masked``."""
@@ -165,8 +166,9 @@ def attention_scores(attn, x: torch.Tensor, position_embeddings, mask: torch.Ten
 
 
 @torch.no_grad()
-def attention_maps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   masked: bool = True) -> torch.Tensor:
+def attention_maps(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, masked: bool = True
+) -> torch.Tensor:
     """The attention weights of every layer and head, (layers, batch, heads, T, T), float32.
 
     Runs the model once and recomputes each layer's weights from the input its attention module
@@ -191,8 +193,9 @@ def attention_maps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     return torch.stack(maps)
 
 
-def heatmap_rows(maps: dict, tokens: Sequence[str], layer: int = 0, head: int = 0,
-                 view: str | None = None, min_weight: float = 0.0) -> list[dict]:
+def heatmap_rows(
+    maps: dict, tokens: Sequence[str], layer: int = 0, head: int = 0, view: str | None = None, min_weight: float = 0.0
+) -> list[dict]:
     """Explorer rows of one attention map: {query, key, q_label, k_label, weight}.
 
     ``maps`` maps each ``view`` name to a (layers, heads, T, T) tensor (or a dict of them with their own
@@ -286,8 +289,7 @@ def allocated_peak(fn: Callable[[], object]) -> int:
     until it is released), from the allocation and release events the PyTorch profiler records."""
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, \
-            torch.no_grad():
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.no_grad():
         out = fn()
         del out
     # every allocation (+bytes) and release (-bytes), in time order; kineto_results holds them all,
@@ -376,8 +378,14 @@ def draw_head_groups(ax, n_heads: int, n_kv: int, title: str) -> None:
     ax.set_xlabel(f"{n_heads} query heads, {n_kv} KV head{'s' if n_kv > 1 else ''}: n_rep = {n_rep}")
 
 
-def draw_mask(ax, allowed: torch.Tensor, title: str, xlabel: str = "key position j",
-              ylabel: str = "query position i", x_offset: int = 0) -> None:
+def draw_mask(
+    ax,
+    allowed: torch.Tensor,
+    title: str,
+    xlabel: str = "key position j",
+    ylabel: str = "query position i",
+    x_offset: int = 0,
+) -> None:
     """A boolean mask (True = may attend) as a grid of dark (allowed) and light (masked) cells."""
     from matplotlib.colors import ListedColormap
 
