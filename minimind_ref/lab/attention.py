@@ -219,11 +219,12 @@ def heatmap_rows(
 
 
 def convert_kv_heads(model, n_kv: int, method: str = "mean", seed: int = 0):
-    """A copy of ``model`` with ``n_kv`` KV heads per layer, its k/v projections built from the old ones.
+    """A copy of ``model`` with ``n_kv`` KV heads per layer, its k and v projections
+    built from the old ones (every other weight is copied unchanged).
 
-    ``method``: "mean" averages the heads of each group (Ainslie et al.'s conversion), "first" keeps the
-    first head of each group, "random" draws new heads (a control, at the scale of the old ones).
-    The query, output and every other weight are copied unchanged.
+    ``method``: "mean" averages the heads of each group (Ainslie et al.'s conversion),
+    "first" keeps the first head of each group, "random" draws new heads (a control,
+    at the scale of the old ones).
     """
     from minimind_ref.config import MiniMindConfig
 
@@ -233,22 +234,21 @@ def convert_kv_heads(model, n_kv: int, method: str = "mean", seed: int = 0):
         raise ValueError(f"n_kv={n_kv} must divide the model's {old} KV heads")
     if method not in ("mean", "first", "random"):
         raise ValueError(f"method must be 'mean', 'first' or 'random', got {method!r}")
-    fields = {**cfg.to_dict(), "num_key_value_heads": n_kv}
-    new_cfg = MiniMindConfig.from_dict(fields)
+    new_cfg = MiniMindConfig.from_dict({**cfg.to_dict(), "num_key_value_heads": n_kv})
     new = type(model)(new_cfg).to(next(model.parameters()).dtype)
     state = copy.deepcopy(model.state_dict())
     g = torch.Generator().manual_seed(seed)
-    group, hd = old // n_kv, cfg.head_dim
+    group, hd, d = old // n_kv, cfg.head_dim, cfg.hidden_size
     for name in list(state):
         if name.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight")):
-            w = state[name].view(n_kv, group, hd, cfg.hidden_size)  # (new heads, heads per group, hd, d)
+            w = state[name].view(n_kv, group, hd, d)  # (new heads, per group, hd, d)
             if method == "mean":
                 w = w.mean(1)
             elif method == "first":
                 w = w[:, 0]
             else:
                 w = torch.randn(w[:, 0].shape, generator=g, dtype=w.dtype) * w.std()
-            state[name] = w.reshape(n_kv * hd, cfg.hidden_size).contiguous()
+            state[name] = w.reshape(n_kv * hd, d).contiguous()
     new.load_state_dict(state)
     return new.eval()
 
@@ -419,7 +419,11 @@ def draw_kv_cache(base):
         "attention:N", sort=order, scale=alt.Scale(domain=order, range=["#0072B2", "#D55E00", "#009E73"]), legend=None
     )
     bars = long.mark_bar().encode(
-        x=x, y=y, color=color, tooltip=["attention:N", alt.Tooltip("kv:Q", title="KV heads"), "text:N"]
+        x=x,
+        y=y,
+        y2=alt.datum(1e-4),  # a log axis has no zero: the bars start at its bottom
+        color=color,
+        tooltip=["attention:N", alt.Tooltip("kv:Q", title="KV heads"), "text:N"],
     )
     labels = long.mark_text(dy=-8, fontSize=12).encode(x=x, y=y, text="text:N")
     return bars + labels
