@@ -52,6 +52,18 @@ def test_kv_cache_rows_gives_mha_gqa_mqa_in_gib():
         la.kv_cache_rows(heads=8, kv_heads=3)
 
 
+def test_kv_explorer_axis_holds_every_setting_of_the_chapter():
+    import itertools
+
+    grid = dict(layers=[8, 32, 80], heads=[8, 32, 64], kv_heads=[1, 2, 4, 8], head_dim=[64, 128],
+                bytes_per_value=[1, 2, 4], context=[2048, 8192, 32768, 131072], batch=[1, 16])
+    sizes = [v for combo in itertools.product(*grid.values())
+             for v in la.kv_cache_rows(**dict(zip(grid, combo)))[0].values()]
+    lo, hi = la.KV_EXPLORER_GIB
+    assert lo < min(sizes) and max(sizes) < hi
+    assert max(sizes) == 10240 and min(sizes) == pytest.approx(2 / 1024)
+
+
 # ---------------------------------------------------------------------------- FLOPs
 
 
@@ -270,3 +282,17 @@ def test_explorers_build_with_the_chapters_draw_functions():
     )
     assert len(hm.rows) == 2 * 2 * 9
     assert hm.chart.to_dict()["mark"]["type"] == "rect"
+
+
+def test_count_aten_ops_counts_dispatched_operators():
+    x = torch.ones(3)
+    assert la.count_aten_ops(lambda: (x + 1) * 2) == 2
+    assert la.count_aten_ops(lambda: None) == 0
+
+
+def test_round_ratios_median_is_the_timings_ratio():
+    from minimind_ref.lab.timing import Timing
+
+    t = Timing(rounds={"a": [1.0, 2.0, 3.0], "b": [2.0, 2.0, 2.0]}, baseline="a", device="cpu")
+    assert la.round_ratios(t, "b") == [2 / 3, 1.0, 2.0]
+    assert la.round_ratios(t, "b")[1] == t.ratio("b")

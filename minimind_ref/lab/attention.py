@@ -23,6 +23,8 @@ __all__ = [
     "projection_flops_per_token",
     "step_flops",
     "measured_flops",
+    "count_aten_ops",
+    "round_ratios",
     "attention_scores",
     "attention_maps",
     "heatmap_rows",
@@ -37,6 +39,10 @@ __all__ = [
     "draw_kv_cache",
     "draw_attention_heatmap",
 ]
+
+#: The KV-cache explorer's y-axis (GiB, log): its settings give 2e-3 GiB at the least (8 layers, MQA,
+#: head_dim 64, 2,048 tokens, int8) and 10,240 GiB at the most.
+KV_EXPLORER_GIB = (1e-3, 1e5)
 
 #: Bytes per stored value for the dtypes a KV cache is kept in.
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
@@ -136,6 +142,30 @@ def measured_flops(fn: Callable[[], object]) -> int:
     with torch.no_grad(), counter:
         fn()
     return counter.get_total_flops()
+
+
+def count_aten_ops(fn: Callable[[], object]) -> int:
+    """How many ATen operators (the calls PyTorch dispatches to a kernel) ``fn()`` runs: each one has a
+    fixed cost in eager mode, whatever its size."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            _Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), _Count():
+        fn()
+    return _Count.n
+
+
+def round_ratios(timing, name: str, to: str | None = None) -> list[float]:
+    """The same-round ratios time(name) / time(to) of a ``minimind_ref.lab.timing.Timing``, sorted: their
+    median is ``timing.ratio(name, to)``, their range the spread behind it."""
+    to = to or timing.baseline
+    return sorted(a / b for a, b in zip(timing.rounds[name], timing.rounds[to], strict=True))
 
 
 # ---------------------------------------------------------------------------- attention maps
@@ -410,18 +440,20 @@ def draw_kv_cache(base):
 
     order = ["MHA", "GQA", "MQA"]
     long = base.transform_fold(order, as_=["attention", "gib"]).transform_calculate(
-        text="datum.gib >= 1 ? format(datum.gib, '.3~r') + ' GiB' : format(datum.gib * 1024, '.3~r') + ' MiB'",
+        text="datum.gib >= 1024 ? format(datum.gib / 1024, '.3~r') + ' TiB' : "
+        "(datum.gib >= 1 ? format(datum.gib, '.3~r') + ' GiB' : format(datum.gib * 1024, '.3~r') + ' MiB')",
         kv="datum.attention == 'MHA' ? datum.heads : (datum.attention == 'GQA' ? datum.kv_heads : 1)",
     )
     x = alt.X("attention:N", sort=order, title="attention variant", axis=alt.Axis(labelAngle=0))
-    y = alt.Y("gib:Q", scale=alt.Scale(type="log", domain=[1e-4, 1e4]), title="KV-cache size (GiB, log scale)")
+    lo, hi = KV_EXPLORER_GIB
+    y = alt.Y("gib:Q", scale=alt.Scale(type="log", domain=[lo, hi]), title="KV-cache size (GiB, log scale)")
     color = alt.Color(
         "attention:N", sort=order, scale=alt.Scale(domain=order, range=["#0072B2", "#D55E00", "#009E73"]), legend=None
     )
     bars = long.mark_bar().encode(
         x=x,
         y=y,
-        y2=alt.datum(1e-4),  # a log axis has no zero: the bars start at its bottom
+        y2=alt.datum(lo),  # a log axis has no zero: the bars start at its bottom
         color=color,
         tooltip=["attention:N", alt.Tooltip("kv:Q", title="KV heads"), "text:N"],
     )
