@@ -296,3 +296,28 @@ def test_round_ratios_median_is_the_timings_ratio():
     t = Timing(rounds={"a": [1.0, 2.0, 3.0], "b": [2.0, 2.0, 2.0]}, baseline="a", device="cpu")
     assert la.round_ratios(t, "b") == [2 / 3, 1.0, 2.0]
     assert la.round_ratios(t, "b")[1] == t.ratio("b")
+
+
+def test_source_fits_the_column_and_keeps_the_code():
+    import ast
+    import inspect
+    import re
+    import textwrap
+
+    from minimind_ref.attention import Attention, make_attention_mask
+
+    def code_only(src):  # the AST without docstrings
+        tree = ast.parse(textwrap.dedent(src))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+                body.pop(0)
+        return ast.dump(tree)
+
+    for obj in (make_attention_mask, Attention.forward, Attention.__init__, Attention._sdpa, la.convert_kv_heads):
+        original, fitted = inspect.getsource(obj), la.source(obj)
+        assert max(len(line) for line in fitted.splitlines()) <= 88
+        assert code_only(fitted) == code_only(original)
+        words = [sorted(re.findall(r"\w+", t)) for t in (fitted, original)]
+        assert words[0] == words[1]  # the same words, comments and docstrings included

@@ -32,6 +32,7 @@ __all__ = [
     "sdpa_kernels",
     "allocated_peak",
     "softmax_jacobian",
+    "source",
     "dot_product_logits",
     "expect_zero_mean",
     "draw_head_groups",
@@ -335,6 +336,72 @@ def allocated_peak(fn: Callable[[], object]) -> int:
 
 
 # ---------------------------------------------------------------------------- small mathematics
+
+
+def source(obj, width: int = 88) -> str:
+    """``inspect.getsource(obj)`` fitted to the book's column of ``width`` characters without changing
+    the code: a trailing comment that makes a line too long moves onto its own line above it (same
+    indentation), a docstring paragraph or comment block with a line too long is re-wrapped at its
+    indentation, and ``ruff format`` (where installed) reflows the code, which keeps its syntax tree."""
+    import inspect
+    import textwrap
+
+    blocks = []  # (kind, indent, lines): kind "code", "doc" (a docstring paragraph) or "comment"
+    in_doc = False
+    for line in inspect.getsource(obj).splitlines():
+        indent = line[: len(line) - len(line.lstrip())]
+        stripped = line.strip()
+        is_doc = in_doc or stripped.startswith('"""')
+        if stripped.count('"""') % 2 == 1:
+            in_doc = not in_doc
+        if is_doc and stripped and stripped != '"""':
+            if blocks and blocks[-1][0] == "doc" and blocks[-1][2][-1].strip():
+                blocks[-1][2].append(line)
+            else:
+                blocks.append(("doc", indent, [line]))
+        elif stripped.startswith("#"):
+            if blocks and blocks[-1][0] == "comment" and blocks[-1][1] == indent:
+                blocks[-1][2].append(line)
+            else:
+                blocks.append(("comment", indent, [line]))
+        elif len(line) > width and "  # " in line and not is_doc:
+            code, comment = line.split("  # ", 1)
+            blocks.append(("comment", indent, [indent + "# " + comment]))
+            blocks.append(("code", indent, [code.rstrip()]))
+            blocks.append(("code", indent, []))  # the next comment starts a block of its own
+        else:
+            blocks.append(("code", indent, [line]))
+    out = []
+    for kind, indent, lines in blocks:
+        if kind == "code" or max(len(line) for line in lines) <= width:
+            out.extend(lines)
+            continue
+        prefix = indent + ("# " if kind == "comment" else "")
+        text = " ".join(line.strip().removeprefix("#").strip() if kind == "comment" else line.strip()
+                        for line in lines)
+        out.extend(textwrap.wrap(text, width, initial_indent=prefix, subsequent_indent=prefix))
+    return _ruff_format("\n".join(out) + "\n", width).rstrip("\n")
+
+
+def _ruff_format(src: str, width: int) -> str:
+    """``src`` reflowed by ``ruff format`` at ``width`` columns (the same code: ruff checks that the syntax
+    tree is unchanged), or unchanged where ruff is not installed."""
+    import shutil
+    import subprocess
+    import textwrap
+
+    ruff = shutil.which("ruff") or os.path.join(os.path.dirname(sys.executable), "ruff")
+    if not os.path.exists(ruff):
+        return src
+    body = textwrap.dedent(src)
+    indent = src[: len(src) - len(src.lstrip(" "))]
+    done = subprocess.run(
+        [ruff, "format", "--quiet", "--line-length", str(width - len(indent)), "--stdin-filename", "source.py", "-"],
+        input=body, capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
+        return src
+    return textwrap.indent(done.stdout, indent)
 
 
 def softmax_jacobian(p: torch.Tensor) -> torch.Tensor:
