@@ -58,7 +58,7 @@ def test_kv_explorer_axis_holds_every_setting_of_the_chapter():
     grid = dict(layers=[8, 32, 80], heads=[8, 32, 64], kv_heads=[1, 2, 4, 8], head_dim=[64, 128],
                 bytes_per_value=[1, 2, 4], context=[2048, 8192, 32768, 131072], batch=[1, 16])
     sizes = [v for combo in itertools.product(*grid.values())
-             for v in la.kv_cache_rows(**dict(zip(grid, combo)))[0].values()]
+             for v in la.kv_cache_rows(**dict(zip(grid, combo, strict=True)))[0].values()]
     lo, hi = la.KV_EXPLORER_GIB
     assert lo < min(sizes) and max(sizes) < hi
     assert max(sizes) == 10240 and min(sizes) == pytest.approx(2 / 1024)
