@@ -290,14 +290,6 @@ def test_count_aten_ops_counts_dispatched_operators():
     assert la.count_aten_ops(lambda: None) == 0
 
 
-def test_round_ratios_median_is_the_timings_ratio():
-    from minimind_ref.lab.timing import Timing
-
-    t = Timing(rounds={"a": [1.0, 2.0, 3.0], "b": [2.0, 2.0, 2.0]}, baseline="a", device="cpu")
-    assert la.round_ratios(t, "b") == [2 / 3, 1.0, 2.0]
-    assert la.round_ratios(t, "b")[1] == t.ratio("b")
-
-
 def test_source_fits_the_column_and_keeps_the_code():
     import ast
     import inspect

@@ -24,7 +24,6 @@ __all__ = [
     "step_flops",
     "measured_flops",
     "count_aten_ops",
-    "round_ratios",
     "attention_scores",
     "attention_maps",
     "heatmap_rows",
@@ -160,16 +159,6 @@ def count_aten_ops(fn: Callable[[], object]) -> int:
     with torch.no_grad(), _Count():
         fn()
     return _Count.n
-
-
-def round_ratios(timing, name: str, to: str | None = None) -> list[float]:
-    """The same-round ratios time(name) / time(to) of a ``minimind_ref.lab.timing.Timing``, sorted: their
-    median is ``timing.ratio(name, to)``, their range the spread behind it."""
-    to = to or timing.baseline
-    return sorted(a / b for a, b in zip(timing.rounds[name], timing.rounds[to], strict=True))
-
-
-# ---------------------------------------------------------------------------- attention maps
 
 
 def attention_scores(
