@@ -357,6 +357,7 @@ def draw_gate_histogram(base):
         x=alt.X("lo:Q", title="value (dimensionless)"),
         x2="hi:Q",
         y=alt.Y("share:Q", title="share of (token, feature) pairs", axis=alt.Axis(format="%")),
+        y2=alt.datum(0),
         color=alt.Color(
             "region:N",
             sort=order,
