@@ -112,6 +112,36 @@ def test_saved_activations_count_a_storage_once_and_skip_parameters():
     assert fl.saved_activation_elements(Square(), torch.randn(8)) == 16
 
 
+def test_saved_activations_of_another_forward():
+    ffn = fl.GatedFFN(8, 12)
+
+    def one_line(x):
+        return ffn.down_proj(F.silu(ffn.gate_proj(x)) * ffn.up_proj(x))
+
+    x = torch.randn(3, 8)
+    assert fl.saved_activation_elements(ffn, x, one_line) == fl.saved_activation_elements(ffn, x)
+
+
+def test_live_intermediates_named_against_one_line():
+    ffn = fl.GatedFFN(8, 12)
+    x = torch.randn(3, 8)
+
+    def named():
+        gate = F.silu(ffn.gate_proj(x))
+        up = ffn.up_proj(x)
+        hidden = gate * up
+        return ffn.down_proj(hidden)
+
+    def one_line():
+        return ffn.down_proj(F.silu(ffn.gate_proj(x)) * ffn.up_proj(x))
+
+    with torch.no_grad():
+        assert fl.live_intermediates(named, 12) == 2  # gate and up, besides the input hidden
+        assert fl.live_intermediates(one_line, 12) == 0
+        with pytest.raises(ValueError, match="width 5"):
+            fl.live_intermediates(one_line, 5)
+
+
 def test_matmul_flops_are_two_per_weight_and_token():
     x = torch.randn(1, 10, 64)
     for module in (fl.PlainFFN(64, 256), fl.GatedFFN(64, 170), FeedForward(MiniMindConfig(), 96)):
@@ -149,6 +179,8 @@ def test_surface_rows():
     assert len({tuple(o) for o in outs.values()}) == len(fl.GLU_GATES)  # each variant differs
     with pytest.raises(ValueError, match="variant"):
         fl.surface_rows("SwishGLU")
+    ticks = {-3.0, -1.5, 0.0, 1.5, 3.0}  # draw_surface's axis values: exact grid values
+    assert ticks <= {r["gate"] for r in rows} and ticks <= {r["up"] for r in rows}
 
 
 def test_gate_histogram_rows():
@@ -165,6 +197,8 @@ def test_gate_histogram_rows():
     expected = float((F.silu(g[0].double()) < 0).double().mean())
     assert negative == pytest.approx(expected)  # 0 is a bin edge
     assert {r["region"] for r in rows} == {"below 0", "0 to 1", "above 1"}
+    assert [r["edge"] for r in rows if r["edge"]] == ["≤ -0.5", "≥ 3.5"]
+    assert rows[0]["edge"] and rows[-1]["edge"] and not any(r["edge"] for r in rows[1:-1])
     with pytest.raises(ValueError, match="quantity"):
         fl.gate_histogram_rows(g, u, quantity="sigma(g)")
 

@@ -30,6 +30,7 @@ __all__ = [
     "fuse_gate_up",
     "fused_forward",
     "saved_activation_elements",
+    "live_intermediates",
     "matmul_flops",
     "derivative",
     "activation_rows",
@@ -180,13 +181,16 @@ def fused_forward(
 # ----------------------------------------------------------------------------- memory and FLOPs
 
 
-def saved_activation_elements(module: nn.Module, x: torch.Tensor) -> int:
+def saved_activation_elements(
+    module: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> int:
     """Elements of the tensors autograd saves for backward in one forward pass of ``module`` on ``x``.
 
     Counted with ``torch.autograd.graph.saved_tensors_hooks``: each saved tensor is counted once per
     storage (a tensor saved twice, or a view of one already counted, costs nothing more), and the
     module's parameters are not counted (they are in memory anyway). The input is counted (it is saved
-    to compute the weight gradient of the first projection).
+    to compute the weight gradient of the first projection). ``forward`` (default: ``module`` itself)
+    is another way of running the module's computation, such as a rewritten ``forward`` method.
     """
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     seen: dict[int, int] = {}
@@ -199,8 +203,45 @@ def saved_activation_elements(module: nn.Module, x: torch.Tensor) -> int:
 
     x = x.detach().requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
+        (forward or module)(x)
     return sum(seen.values())
+
+
+def live_intermediates(forward: Callable[[], torch.Tensor], width: int) -> int:
+    """How many tensors of last dimension ``width`` made by ``forward()`` are still alive, besides the
+    input, when the first ``F.linear`` whose input has that width (the down projection) runs.
+
+    Run under ``torch.no_grad()`` (inference), this is what a ``forward`` written with named
+    intermediates keeps in memory at that moment: Python frees a temporary as soon as nothing refers to
+    it, a named local only when the function returns. Tracked with a ``TorchFunctionMode`` holding weak
+    references, so the tracking itself keeps nothing alive.
+    """
+    import weakref
+
+    from torch.overrides import TorchFunctionMode
+
+    class Watch(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.made: list[weakref.ref] = []
+            self.alive: int | None = None
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is F.linear and self.alive is None and args[0].shape[-1] == width:
+                inputs = {id(a) for a in args}
+                self.alive = sum(1 for r in self.made if r() is not None and id(r()) not in inputs)
+            out = func(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and out.shape[-1:] == (width,):
+                self.made.append(weakref.ref(out))
+            return out
+
+    watch = Watch()
+    with watch:
+        forward()
+    if watch.alive is None:
+        raise ValueError(f"no F.linear with an input of width {width} ran")
+    return watch.alive
 
 
 def matmul_flops(module: nn.Module, x: torch.Tensor) -> int:
@@ -290,8 +331,8 @@ def surface_rows(variant: str = "SwiGLU") -> list[dict]:
         raise ValueError(f"variant must be one of {list(GLU_GATES)}, got {variant!r}")
     g, u = torch.meshgrid(_G, _G, indexing="ij")
     out = GLU_GATES[variant](g) * u
-    return [
-        {"gate": float(a), "up": float(b), "out": float(c)}
+    return [  # grid values rounded, so that the axis ticks at -1.5, 0, 1.5 find them exactly
+        {"gate": round(float(a), 6), "up": round(float(b), 6), "out": float(c)}
         for a, b, c in zip(g.flatten(), u.flatten(), out.flatten(), strict=True)
     ]
 
@@ -325,8 +366,9 @@ def gate_histogram_rows(
 
     ``gate_pre[layer]`` and ``up[layer]`` hold the gate and up pre-activations g and u of that layer's FFN
     (any shape, the same for both). ``quantity`` is "g", "SiLU(g)" or "SiLU(g)·u". Returns
-    {value, share, region}: bin centres, the share of all pairs in the bin (summing to 1), and where the bin
-    lies ("below 0", "0 to 1" or "above 1"), which colours the bars.
+    {lo, hi, share, region, edge}: the bin's edges, the share of all pairs in the bin (summing to 1), where
+    the bin lies ("below 0", "0 to 1" or "above 1", which colours the bars), and ``edge``: "≤ lo" and
+    "≥ hi" on the two end bins, which also count every value beyond the range, "" elsewhere.
     """
     g = gate_pre[layer].double().flatten()
     if quantity == "g":
@@ -341,19 +383,27 @@ def gate_histogram_rows(
     counts = torch.histc(v.clamp(lo, hi), bins=bins, min=lo, max=hi)  # out-of-range values join the end bins
     share = counts / counts.sum()
     rows = []
-    for a, b, s in zip(edges[:-1].tolist(), edges[1:].tolist(), share.tolist(), strict=True):
+    for i, (a, b, s) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist(), share.tolist(), strict=True)):
         centre = (a + b) / 2
         region = "below 0" if centre < 0 else ("0 to 1" if centre <= 1 else "above 1")
-        rows.append({"lo": a, "hi": b, "share": s, "region": region})
+        edge = f"≤ {lo:g}" if i == 0 else (f"≥ {hi:g}" if i == bins - 1 else "")
+        rows.append({"lo": a, "hi": b, "share": s, "region": region, "edge": edge})
     return rows
 
 
 def draw_gate_histogram(base):
-    """Explorer ``draw``: bars of the share of (token, feature) pairs per bin, coloured by region."""
+    """Explorer ``draw``: bars of the share of (token, feature) pairs per bin, coloured by region; the two
+    end bins, which also hold the values beyond the range, are labelled "≤ lo" and "≥ hi"."""
     import altair as alt
 
     order = ["below 0", "0 to 1", "above 1"]
-    return base.mark_bar().encode(
+    ends = (
+        base.transform_filter("datum.edge != ''")
+        .transform_calculate(mid="(datum.lo + datum.hi) / 2")
+        .mark_text(dy=-8, fontSize=11)
+        .encode(x="mid:Q", y="share:Q", text="edge:N")
+    )
+    bars = base.mark_bar().encode(
         x=alt.X("lo:Q", title="value (dimensionless)"),
         x2="hi:Q",
         y=alt.Y("share:Q", title="share of (token, feature) pairs", axis=alt.Axis(format="%")),
@@ -371,3 +421,4 @@ def draw_gate_histogram(base):
             "region:N",
         ],
     )
+    return alt.layer(bars, ends)
