@@ -393,12 +393,12 @@ def gate_histogram_rows(
 
 def draw_gate_histogram(base):
     """Explorer ``draw``: bars of the share of (token, feature) pairs per bin, coloured by region; the two
-    end bins, which also hold the values beyond the range, are labelled "≤ lo" and "≥ hi"."""
+    end bins, which also hold the values beyond the range, are labelled "≤ lo" and "≥ hi" when not empty."""
     import altair as alt
 
     order = ["below 0", "0 to 1", "above 1"]
     ends = (
-        base.transform_filter("datum.edge != ''")
+        base.transform_filter("datum.edge != '' && datum.share > 0")  # a non-empty end bin
         .transform_calculate(mid="(datum.lo + datum.hi) / 2")
         .mark_text(dy=-8, fontSize=11)
         .encode(x="mid:Q", y="share:Q", text="edge:N")
