@@ -315,9 +315,7 @@ def activation_bytes_formula(config: MiniMindConfig, batch: int, seq_len: int, b
     return batch * seq_len * per_token + 4
 
 
-def training_memory(
-    config: MiniMindConfig, batch: int, seq_len: int, precision: str = "float32"
-) -> dict[str, int]:
+def training_memory(config: MiniMindConfig, batch: int, seq_len: int, precision: str = "float32") -> dict[str, int]:
     """Bytes of a training step with AdamW: weights, gradients, the two AdamW moments, activations.
 
     ``precision="float32"``: everything in float32 (16 bytes per parameter). ``"bf16 mixed"``: float32
@@ -364,10 +362,7 @@ def memory_rows(hidden_size: int, layers: int, tokens: int, precision: str = "fl
     seq = 512
     parts = training_memory(cfg, max(1, tokens // seq), seq, precision)
     n = parameter_formula(cfg)["total"]
-    return [
-        {"part": part, "GB": b / 1e9, "params_M": n / 1e6, "order": i}
-        for i, (part, b) in enumerate(parts.items())
-    ]
+    return [{"part": part, "GB": b / 1e9, "params_M": n / 1e6, "order": i} for i, (part, b) in enumerate(parts.items())]
 
 
 def draw_memory(base):
@@ -381,8 +376,11 @@ def draw_memory(base):
         y=alt.Y("part:N", sort=order, title=None),
         x=alt.X("GB:Q", title="memory of one training step (GB)", scale=alt.Scale(type="symlog", constant=0.01)),
         color=alt.Color("part:N", sort=order, scale=alt.Scale(domain=order, range=colors), legend=None),
-        tooltip=["part:N", alt.Tooltip("GB:Q", format=".3f"), alt.Tooltip("params_M:Q", format=".1f",
-                                                                          title="parameters (M)")],
+        tooltip=[
+            "part:N",
+            alt.Tooltip("GB:Q", format=".3f"),
+            alt.Tooltip("params_M:Q", format=".1f", title="parameters (M)"),
+        ],
     )
     text = base.mark_text(align="left", dx=3, fontSize=11).encode(
         y=alt.Y("part:N", sort=order), x="GB:Q", text=alt.Text("GB:Q", format=".2f")
@@ -452,14 +450,21 @@ def draw_sampling(base):
         x=x,
         xOffset=alt.XOffset("which:N", sort=order),
         y=alt.Y("p:Q", title="probability", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("which:N", sort=order, scale=alt.Scale(domain=order, range=["#9a9a9a", "#D55E00"]),
-                        legend=alt.Legend(orient="top-right", title=None)),  # fmt: skip
+        color=alt.Color(
+            "which:N",
+            sort=order,
+            scale=alt.Scale(domain=order, range=["#9a9a9a", "#D55E00"]),
+            legend=alt.Legend(orient="top-right", title=None),
+        ),  # fmt: skip
         tooltip=["token:N", "which:N", alt.Tooltip("p:Q", format=".3f")],
     )
-    note = base.transform_filter("datum.rank == 0 && datum.which == 'after the knobs'").mark_text(
-        align="right", x="width", dx=-4, y=40, fontSize=12, color="#333333"
-    ).encode(text=alt.Text("label:N")).transform_calculate(
-        label="'tokens kept: ' + datum.kept + ',  entropy: ' + format(datum.entropy, '.2f') + ' nats'"
+    note = (
+        base.transform_filter("datum.rank == 0 && datum.which == 'after the knobs'")
+        .mark_text(align="right", x="width", dx=-4, y=40, fontSize=12, color="#333333")
+        .encode(text=alt.Text("label:N"))
+        .transform_calculate(
+            label="'tokens kept: ' + datum.kept + ',  entropy: ' + format(datum.entropy, '.2f') + ' nats'"
+        )
     )
     return bars + note
 
@@ -541,6 +546,7 @@ def module_flow(model: MiniMindForCausalLM, input_ids: torch.Tensor) -> list[dic
     def children_in_order(path: str) -> list[tuple[str, torch.nn.Module]]:
         kids = [(f"{path}.{c}" if path else c, m) for c, m in names[path].named_children() if not isinstance(
             m, torch.nn.Dropout)]  # fmt: skip
+
         # a ModuleList is never called itself: it is first used when its first element is
         def when(item):
             p, m = item
@@ -635,8 +641,18 @@ def draw_module_flow(ax, model: MiniMindForCausalLM, input_ids: torch.Tensor) ->
     if frame is not None:
         top, bottom = frame
         n = next(r["repeat"] for r in rows if r["repeat"] > 1)
-        ax.add_patch(FancyBboxPatch((0.12, bottom), right + 0.06, top - bottom, boxstyle="round,pad=0,rounding_size=0.15",
-                                    facecolor="none", edgecolor="#444444", linewidth=1.4, linestyle="--"))
+        ax.add_patch(
+            FancyBboxPatch(
+                (0.12, bottom),
+                right + 0.06,
+                top - bottom,
+                boxstyle="round,pad=0,rounding_size=0.15",
+                facecolor="none",
+                edgecolor="#444444",
+                linewidth=1.4,
+                linestyle="--",
+            )
+        )
         ax.text(0.3, top - 0.28, f"MiniMindBlock  × {n} layers (one drawn)", fontsize=10, fontweight="bold",
                 va="center", color="#111111")  # fmt: skip
         ax.plot([stream_x, stream_x], [top - 0.5, bottom + 0.1], color="#333333", linewidth=2.2)
@@ -644,14 +660,32 @@ def draw_module_flow(ax, model: MiniMindForCausalLM, input_ids: torch.Tensor) ->
             arrow((stream_x, yf), (inner_x0, yf))
         for ya in adds:
             arrow((inner_x0 + 2.2, ya + 0.14), (stream_x + 0.15, ya))
-            ax.text(stream_x, ya, "+", fontsize=11, ha="center", va="center", fontweight="bold",
-                    bbox={"boxstyle": "circle,pad=0.1", "facecolor": "white", "edgecolor": "#333333"})
+            ax.text(
+                stream_x,
+                ya,
+                "+",
+                fontsize=11,
+                ha="center",
+                va="center",
+                fontweight="bold",
+                bbox={"boxstyle": "circle,pad=0.1", "facecolor": "white", "edgecolor": "#333333"},
+            )
         ax.text(0.3, (top + bottom) / 2, "residual stream h", fontsize=8.5, rotation=90, ha="center", va="center",
                 color="#333333", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})  # fmt: skip
     if model.lm_head.weight is model.model.embed_tokens.weight and {"embed_tokens", "lm_head"} <= centres.keys():
         ya, yb = centres["embed_tokens"], centres["lm_head"]
-        ax.add_patch(FancyArrowPatch((right, ya), (right, yb), connectionstyle="arc3,rad=-0.22", arrowstyle="<->",
-                                     mutation_scale=10, color="#8a2b6b", linewidth=1.3, linestyle="--"))
+        ax.add_patch(
+            FancyArrowPatch(
+                (right, ya),
+                (right, yb),
+                connectionstyle="arc3,rad=-0.22",
+                arrowstyle="<->",
+                mutation_scale=10,
+                color="#8a2b6b",
+                linewidth=1.3,
+                linestyle="--",
+            )
+        )
         ax.text(right + 1.05, (ya + yb) / 2, "tied:\none\nmatrix", fontsize=8.5, color="#8a2b6b", ha="center",
                 va="center")  # fmt: skip
     ax.set_xlim(0, 10.2)
@@ -713,4 +747,3 @@ def smooth(values: Sequence[float], window: int = 10) -> list[float]:
             acc -= values[i - window]
         out.append(acc / min(i + 1, window))
     return out
-
