@@ -315,42 +315,23 @@ def activation_bytes_formula(config: MiniMindConfig, batch: int, seq_len: int, b
     return batch * seq_len * per_token + 4
 
 
-def training_memory(config: MiniMindConfig, batch: int, seq_len: int, precision: str = "float32") -> dict[str, int]:
-    """Bytes of a training step with AdamW: weights, gradients, the two AdamW moments, activations.
-
-    ``precision="float32"``: everything in float32 (16 bytes per parameter). ``"bf16 mixed"``: float32
-    master weights, gradients and moments as before, plus a bfloat16 copy of the weights for the matrix
-    products, and activations at 2 bytes (an estimate: autocast keeps a few tensors in float32)."""
+def training_memory(config: MiniMindConfig, batch: int, seq_len: int) -> dict[str, int]:
+    """Bytes of one float32 training step of a dense MiniMind with AdamW, by part: weights, gradients, the
+    two AdamW moments (4 bytes per parameter each) and the activations autograd saves
+    (``activation_bytes_formula``)."""
     n = parameter_formula(config)["total"]
-    if precision not in ("float32", "bf16 mixed"):
-        raise ValueError(f"precision must be 'float32' or 'bf16 mixed', got {precision!r}")
-    mixed = precision == "bf16 mixed"
-    act = activation_bytes_formula(config if not config.use_moe else _dense_twin(config), batch, seq_len,
-                                   2 if mixed else 4)  # fmt: skip
-    out = {
-        "weights (float32)": 4 * n,
+    return {
+        "weights": 4 * n,
         "gradients": 4 * n,
         "AdamW first moment": 4 * n,
         "AdamW second moment": 4 * n,
+        "activations": activation_bytes_formula(config, batch, seq_len),
     }
-    if mixed:
-        out["weights (bf16 copy)"] = 2 * n
-    out["activations"] = act
-    return out
 
 
-def _dense_twin(config: MiniMindConfig) -> MiniMindConfig:
-    """A dense config whose FFN activations match an MoE token's: K routed + S shared experts side by side."""
-    width = config.num_experts_per_tok * (config.moe_intermediate_size or config.intermediate_size)
-    width += config.n_shared_experts * config.intermediate_size
-    return MiniMindConfig(**{**config.to_dict(), "use_moe": False, "intermediate_size": width,
-                             "moe_intermediate_size": None})  # fmt: skip
-
-
-def memory_rows(hidden_size: int, layers: int, tokens: int, precision: str = "float32",
-                vocab_size: int = 6400) -> list[dict]:  # fmt: skip
-    """Explorer rows: the training memory (GB) of a dense MiniMind2 of this width and depth, by part, for a
-    micro-batch of ``tokens`` tokens (sequences of 512)."""
+def memory_rows(hidden_size: int, layers: int, tokens: int, vocab_size: int = 6400) -> list[dict]:
+    """Explorer rows: the float32 training memory (GB) of a dense MiniMind2 of this width and depth
+    (head_dim 64, a quarter as many KV heads), by part, for a micro-batch of ``tokens`` tokens."""
     heads = max(1, hidden_size // 64)
     cfg = MiniMindConfig(
         hidden_size=hidden_size,
@@ -359,19 +340,21 @@ def memory_rows(hidden_size: int, layers: int, tokens: int, precision: str = "fl
         num_key_value_heads=max(1, heads // 4),
         vocab_size=vocab_size,
     )
-    seq = 512
-    parts = training_memory(cfg, max(1, tokens // seq), seq, precision)
+    parts = training_memory(cfg, 1, tokens)  # the activations depend on batch x length only
     n = parameter_formula(cfg)["total"]
-    return [{"part": part, "GB": b / 1e9, "params_M": n / 1e6, "order": i} for i, (part, b) in enumerate(parts.items())]
+    total = sum(parts.values())
+    return [
+        {"part": part, "GB": b / 1e9, "params_M": n / 1e6, "total_GB": total / 1e9, "order": i}
+        for i, (part, b) in enumerate(parts.items())
+    ]
 
 
 def draw_memory(base):
     """Explorer ``draw``: one horizontal bar per part of the training memory."""
     import altair as alt
 
-    order = ["weights (float32)", "weights (bf16 copy)", "gradients", "AdamW first moment", "AdamW second moment",
-             "activations"]  # fmt: skip
-    colors = ["#0072B2", "#56B4E9", "#009E73", "#E69F00", "#F0E442", "#D55E00"]
+    order = ["weights", "gradients", "AdamW first moment", "AdamW second moment", "activations"]
+    colors = ["#0072B2", "#009E73", "#E69F00", "#CC79A7", "#D55E00"]
     bars = base.mark_bar().encode(
         y=alt.Y("part:N", sort=order, title=None),
         x=alt.X("GB:Q", title="memory of one training step (GB)", scale=alt.Scale(type="symlog", constant=0.01)),
