@@ -269,6 +269,16 @@ def test_draw_module_flow():
 # ----------------------------------------------------------------------------- scaling out
 
 
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_ring_allreduce_sums_and_sends_2_p_minus_1_over_p(world):
+    g = torch.Generator().manual_seed(world)
+    xs = [torch.randn(24, generator=g) for _ in range(world)]
+    results, sent = asm.ring_allreduce(xs)
+    for r in results:
+        assert_close(r, torch.stack(xs).sum(0))
+    assert all(b == asm.ddp_bytes(24, world) for b in sent)
+
+
 def test_communication_volumes():
     n = 1_000_000
     assert asm.ddp_bytes(n, 1) == 0 and asm.fsdp_bytes(n, 1) == 0

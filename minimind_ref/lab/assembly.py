@@ -21,7 +21,8 @@ What the chapter measures and draws, as tested functions:
   weights, ``loss_by_position`` measures its loss at each position;
 * **the module diagram**: ``module_flow`` reads the module tree in the order a forward pass calls it
   (forward pre-hooks), ``draw_module_flow`` draws it;
-* **scaling out**: bytes each GPU sends per step under data parallelism (``ddp_bytes``), fully sharded
+* **scaling out**: a simulated ring all-reduce (``ring_allreduce``); bytes each GPU sends per step under
+  data parallelism (``ddp_bytes``), fully sharded
   data parallelism (``fsdp_bytes``) and expert parallelism (``expert_parallel_bytes``);
 * **training logs**: ``read_log`` reads a ``train_log.jsonl`` of ``python -m minimind_ref.train``.
 """
@@ -64,6 +65,7 @@ __all__ = [
     "loss_by_position",
     "module_flow",
     "draw_module_flow",
+    "ring_allreduce",
     "ddp_bytes",
     "fsdp_bytes",
     "expert_parallel_bytes",
@@ -678,6 +680,30 @@ def draw_module_flow(ax, model: MiniMindForCausalLM, input_ids: torch.Tensor) ->
 
 
 # ----------------------------------------------------------------------------- scaling out
+
+
+def ring_allreduce(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """Simulate the ring all-reduce of P equal-sized 1-D tensors, one per process; return every process's
+    result (the sum) and the bytes each process sent.
+
+    Each tensor is cut into P chunks. Reduce-scatter: in P - 1 steps, process r sends one chunk to process
+    r + 1 (mod P), which adds it to its own; afterwards process r holds the full sum of chunk r + 1. All-gather:
+    in P - 1 more steps the summed chunks travel round the ring. Every process sends 2 (P - 1) chunks of
+    n / P elements."""
+    world = len(tensors)
+    chunks = [list(t.clone().tensor_split(world)) for t in tensors]
+    sent = [0] * world
+    for step in range(world - 1):  # reduce-scatter
+        outgoing = [(r, (r - step) % world, chunks[r][(r - step) % world].clone()) for r in range(world)]
+        for r, c, data in outgoing:
+            chunks[(r + 1) % world][c] += data
+            sent[r] += data.numel() * data.element_size()
+    for step in range(world - 1):  # all-gather: process r owns the finished chunk (r + 1) % P
+        outgoing = [(r, (r + 1 - step) % world, chunks[r][(r + 1 - step) % world].clone()) for r in range(world)]
+        for r, c, data in outgoing:
+            chunks[(r + 1) % world][c] = data
+            sent[r] += data.numel() * data.element_size()
+    return [torch.cat(c) for c in chunks], sent
 
 
 def ddp_bytes(n_params: int, world_size: int, bytes_per: int = 4) -> float:
