@@ -121,6 +121,17 @@ def test_activation_formula_equals_saved_tensors(kw):
     assert asm.saved_activation_bytes(model, x) == asm.activation_bytes_formula(model.config, 3, 20)
 
 
+def test_autocast_weight_copies_are_split_off():
+    model = small()
+    x = ids(2, 16)
+    fp32 = asm.saved_tensor_bytes(model, x)
+    assert fp32["weight copies"] == 0
+    bf16 = asm.saved_tensor_bytes(model, x, autocast_dtype=torch.bfloat16)
+    matrices = sum(p.numel() for p in model.parameters() if p.dim() == 2)  # the tied head once
+    assert bf16["weight copies"] == 2 * matrices  # every matrix that multiplies, once, in bfloat16
+    assert asm.saved_activation_bytes(model, x, torch.bfloat16) == bf16["activations"]
+
+
 def test_activation_formula_refuses_moe():
     with pytest.raises(ValueError):
         asm.activation_bytes_formula(MiniMindConfig(**SMALL, use_moe=True), 1, 8)
@@ -302,3 +313,29 @@ def test_read_log_series_smooth(tmp_path):
     assert log["start"]["event"] == "start" and log["final"]["val_loss"] == 3.5 and len(log["steps"]) == 5
     assert asm.series(log["steps"], "val_loss") == ([2, 4], [4.0, 4.0])
     assert asm.smooth([1.0, 3.0, 5.0], window=2) == [1.0, 2.0, 4.0]
+
+
+def test_run_showing_progress_keeps_the_last_state_when_building(monkeypatch, capsys):
+    import sys
+
+    def work():
+        for i in range(3):
+            sys.stderr.write(f"\rstep {i}")
+        sys.stderr.write("\n")
+        return 42
+
+    assert asm.run_showing_progress(work) == 42  # not building: passes through
+    assert "step 0" in capsys.readouterr().err
+    monkeypatch.setenv("MINIMIND_BOOK_BUILD", "1")
+    assert asm.run_showing_progress(work) == 42
+    err = capsys.readouterr().err
+    assert err.strip() == "step 2"
+
+
+def test_pieces_collects_writes():
+    p = asm.Pieces()
+    p.write("a")
+    p.write("")
+    p.write(" b")
+    p.flush()
+    assert p.pieces == ["a", " b"] and p.text == "a b"

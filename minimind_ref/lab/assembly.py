@@ -29,6 +29,7 @@ What the chapter measures and draws, as tested functions:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "count_flops",
     "flops_per_token",
     "flop_expressions",
+    "saved_tensor_bytes",
     "saved_activation_bytes",
     "activation_bytes_formula",
     "training_memory",
@@ -69,6 +71,8 @@ __all__ = [
     "ddp_bytes",
     "fsdp_bytes",
     "expert_parallel_bytes",
+    "run_showing_progress",
+    "Pieces",
     "read_log",
 ]
 
@@ -137,6 +141,7 @@ def parameter_breakdown(model: MiniMindForCausalLM) -> dict[str, int]:
     return out
 
 
+@functools.cache
 def config_symbols():
     """The sympy symbols of the size formulas, by name (all positive integers; the switches are 0 or 1)."""
     import sympy as sp
@@ -163,6 +168,11 @@ def config_symbols():
 
 def parameter_expressions() -> dict[str, Any]:
     """Parameter counts as sympy expressions of ``config_symbols()``, by kind, plus ``total`` and ``active``."""
+    return dict(_parameter_expressions())
+
+
+@functools.cache
+def _parameter_expressions() -> dict[str, Any]:
     s = config_symbols()
     V, d, L, H, G, h = s["V"], s["d"], s["L"], s["H"], s["G"], s["h"]
     f, fe, E, S, K = s["f"], s["f_e"], s["E"], s["S"], s["K"]
@@ -208,7 +218,7 @@ def symbol_values(config: MiniMindConfig, seq_len: int | None = None) -> dict:
 def parameter_formula(config: MiniMindConfig) -> dict[str, int]:
     """``parameter_expressions()`` evaluated for ``config``: the same keys as ``parameter_breakdown``."""
     values = symbol_values(config)
-    return {k: int(e.subs(values)) for k, e in parameter_expressions().items()}
+    return {k: int(e.xreplace(values)) for k, e in _parameter_expressions().items()}
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -255,8 +265,13 @@ def flop_expressions() -> dict[str, Any]:
     parameters that multiply a vector: all but the norms and an untied input embedding),
     ``forward`` = 2 * matmul_params + 4 L H h T (scores and weighted values over the whole T x T square),
     ``training`` = 3 * forward (the backward pass computes two products for each one of the forward)."""
+    return dict(_flop_expressions())
+
+
+@functools.cache
+def _flop_expressions() -> dict[str, Any]:
     s = config_symbols()
-    p = parameter_expressions()
+    p = _parameter_expressions()
     matmul = p["active"] - p["norms"] - s["untied"] * s["V"] * s["d"]
     attention = 4 * s["L"] * s["H"] * s["h"] * s["T"]
     forward = 2 * matmul + attention
@@ -265,26 +280,39 @@ def flop_expressions() -> dict[str, Any]:
 
 def flops_per_token(config: MiniMindConfig, seq_len: int, training: bool = True) -> int:
     """``flop_expressions()['training' or 'forward']`` evaluated for a config and a sequence length."""
-    e = flop_expressions()["training" if training else "forward"]
-    return int(e.subs(symbol_values(config, seq_len)))
+    e = _flop_expressions()["training" if training else "forward"]
+    return int(e.xreplace(symbol_values(config, seq_len)))
 
 
 # ----------------------------------------------------------------------------- memory
 
 
-def saved_activation_bytes(model: MiniMindForCausalLM, input_ids: torch.Tensor, autocast_dtype=None) -> int:
-    """Bytes of the tensors autograd saves for the backward pass of one training forward (loss included).
+def saved_tensor_bytes(model: MiniMindForCausalLM, input_ids: torch.Tensor, autocast_dtype=None) -> dict[str, int]:
+    """Bytes of the tensors autograd saves for the backward pass of one training forward (loss included),
+    split into ``activations`` and ``weight copies`` (a weight cast to another dtype by autocast: a saved
+    tensor made by a cast straight from a parameter).
 
     Every tensor saved is seen by a ``saved_tensors_hooks`` pack hook; tensors that share storage are
-    counted once, and the model's own parameters and buffers (the RoPE tables) are not activations."""
+    counted once, and the model's own parameters and buffers (the RoPE tables) are not counted.
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward under ``torch.autocast``."""
     own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    seen: dict[int, int] = {}
+    seen: dict[int, tuple[int, bool]] = {}
+
+    views = ("TBackward0", "ViewBackward0", "TransposeBackward0", "PermuteBackward0", "ExpandBackward0")
+
+    def weight_copy(t: torch.Tensor) -> bool:  # a (view of a) cast made straight from a leaf: a weight
+        fn = t.grad_fn
+        while type(fn).__name__ in views and len(fn.next_functions) == 1:
+            fn = fn.next_functions[0][0]
+        return type(fn).__name__ == "ToCopyBackward0" and any(
+            type(nxt).__name__ == "AccumulateGrad" for nxt, _ in fn.next_functions if nxt is not None
+        )
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in own and ptr not in seen:
-            seen[ptr] = storage.nbytes()
+            seen[ptr] = (storage.nbytes(), weight_copy(t))
         return t
 
     ctx = (
@@ -295,7 +323,16 @@ def saved_activation_bytes(model: MiniMindForCausalLM, input_ids: torch.Tensor, 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
         loss = _lm_loss(model, input_ids)
     del loss
-    return sum(seen.values())
+    return {
+        "activations": sum(n for n, copy in seen.values() if not copy),
+        "weight copies": sum(n for n, copy in seen.values() if copy),
+    }
+
+
+def saved_activation_bytes(model: MiniMindForCausalLM, input_ids: torch.Tensor, autocast_dtype=None) -> int:
+    """Bytes of the activations autograd saves for one training forward: ``saved_tensor_bytes`` without
+    the autocast weight copies (in float32 there are none, and this is every tensor saved)."""
+    return saved_tensor_bytes(model, input_ids, autocast_dtype)["activations"]
 
 
 def activation_bytes_formula(config: MiniMindConfig, batch: int, seq_len: int, bytes_per: int = 4) -> int:
@@ -332,16 +369,9 @@ def training_memory(config: MiniMindConfig, batch: int, seq_len: int) -> dict[st
 
 
 def memory_rows(hidden_size: int, layers: int, tokens: int, vocab_size: int = 6400) -> list[dict]:
-    """Explorer rows: the float32 training memory (GB) of a dense MiniMind2 of this width and depth
-    (head_dim 64, a quarter as many KV heads), by part, for a micro-batch of ``tokens`` tokens."""
-    heads = max(1, hidden_size // 64)
-    cfg = MiniMindConfig(
-        hidden_size=hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 4),
-        vocab_size=vocab_size,
-    )
+    """Explorer rows: the float32 training memory (GB) of a dense MiniMind2 of this width and depth (8 query
+    heads over 2 KV heads, as every MiniMind2), by part, for a micro-batch of ``tokens`` tokens."""
+    cfg = MiniMindConfig(hidden_size=hidden_size, num_hidden_layers=layers, vocab_size=vocab_size)
     parts = training_memory(cfg, 1, tokens)  # the activations depend on batch x length only
     n = parameter_formula(cfg)["total"]
     total = sum(parts.values())
@@ -727,6 +757,47 @@ def expert_parallel_bytes(
     fraction (P - 1) / P of them leaving the process when routing is uniform."""
     per_all_to_all = tokens_per_rank * top_k * hidden_size * bytes_per * (world_size - 1) / world_size
     return 4 * moe_layers * per_all_to_all
+
+
+# ----------------------------------------------------------------------------- running the programs
+
+
+def run_showing_progress(fn, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; while the book is being built (where a moving progress bar would be printed
+    as every one of its states), stderr is captured and only the last state of each bar is printed."""
+    import contextlib
+    import io
+    import sys
+
+    from .explorer import building_book
+
+    if not building_book():
+        return fn(*args, **kwargs)
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        result = fn(*args, **kwargs)
+    lines = [line.split("\r")[-1] for line in buffer.getvalue().split("\n")]
+    print("\n".join(line for line in lines if line.strip()), file=sys.stderr)
+    return result
+
+
+class Pieces:
+    """A file-like object that keeps what is written to it, piece by piece (for ``TextStreamer``)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+
+    def write(self, text: str) -> int:
+        if text:
+            self.pieces.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 # ----------------------------------------------------------------------------- training logs
