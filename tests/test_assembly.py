@@ -162,8 +162,10 @@ def test_memory_rows_and_draw():
     rows = asm.memory_rows(512, 8, 4096)
     parts = [r["part"] for r in rows]
     assert parts[-1] == "activations" and len(parts) == 5
-    assert abs(rows[0]["params_M"] - 25.83) < 0.01
-    assert abs(sum(r["GB"] for r in rows) - rows[0]["total_GB"]) < 1e-9
+    assert rows[0]["note"] == f"total {sum(r['GB'] for r in rows):.2f} GB for 25.8 M parameters"
+    assert rows[0]["label"] == f"weights: {rows[0]['GB']:.2f} GB"
+    assert asm.memory_rows(512, 8, 8192)[-1]["GB"] > rows[-1]["GB"]  # activations grow with tokens
+    assert asm.memory_rows(512, 8, 8192)[0]["GB"] == rows[0]["GB"]  # the weights do not
     import altair as alt
 
     assert asm.draw_memory(alt.Chart(alt.Data(values=rows))).to_dict()
@@ -339,3 +341,37 @@ def test_pieces_collects_writes():
     p.write(" b")
     p.flush()
     assert p.pieces == ["a", " b"] and p.text == "a b"
+
+
+def test_average_gradients_is_the_mean():
+    a, b = small(), small()
+    x = ids(2, 12)
+    a(x[:1], labels=x[:1]).loss.backward()
+    b(x[1:], labels=x[1:]).loss.backward()
+    want = {n: (p.grad + dict(b.named_parameters())[n].grad) / 2 for n, p in a.named_parameters()}
+    asm.average_gradients([a, b])
+    for n, p in a.named_parameters():
+        assert_close(p.grad, want[n])
+        assert_close(dict(b.named_parameters())[n].grad, want[n])
+
+
+def test_torchrun_command():
+    cmd = asm.torchrun_command("minimind_ref.train", ["--help"], nproc=3)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nnodes=1"] and "--nproc_per_node=3" in cmd
+    port = int(next(c for c in cmd if c.startswith("--master_port=")).split("=")[1])
+    assert 0 < port < 65536 and cmd[-3:] == ["-m", "minimind_ref.train", "--help"]
+
+
+def test_chat_answers_from_a_folder():
+    from minimind_ref.generate import BOOK_MODELS_DIR
+
+    answer = asm.chat(BOOK_MODELS_DIR / "dense", "What is a list?", max_new_tokens=5)
+    assert isinstance(answer, str)
+
+
+def test_equations_display():
+    import sympy as sp
+
+    x = sp.Symbol("x")
+    m = asm.equations({"a": x**2, "b": x + 1})
+    assert m.data.startswith(r"\begin{aligned}") and r"a &= x^{2}" in m.data and r"\\" in m.data

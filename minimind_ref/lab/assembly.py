@@ -68,11 +68,15 @@ __all__ = [
     "module_flow",
     "draw_module_flow",
     "ring_allreduce",
+    "average_gradients",
+    "torchrun_command",
     "ddp_bytes",
     "fsdp_bytes",
     "expert_parallel_bytes",
     "run_showing_progress",
     "Pieces",
+    "chat",
+    "equations",
     "read_log",
 ]
 
@@ -370,37 +374,37 @@ def training_memory(config: MiniMindConfig, batch: int, seq_len: int) -> dict[st
 
 def memory_rows(hidden_size: int, layers: int, tokens: int, vocab_size: int = 6400) -> list[dict]:
     """Explorer rows: the float32 training memory (GB) of a dense MiniMind2 of this width and depth (8 query
-    heads over 2 KV heads, as every MiniMind2), by part, for a micro-batch of ``tokens`` tokens."""
+    heads over 2 KV heads, as every MiniMind2), by part, for a micro-batch of ``tokens`` tokens. Each row's
+    ``label`` carries its value, so the chart needs no text marks that a long bar could push off the edge."""
     cfg = MiniMindConfig(hidden_size=hidden_size, num_hidden_layers=layers, vocab_size=vocab_size)
     parts = training_memory(cfg, 1, tokens)  # the activations depend on batch x length only
     n = parameter_formula(cfg)["total"]
     total = sum(parts.values())
+    note = f"total {total / 1e9:.2f} GB for {n / 1e6:.1f} M parameters"
     return [
-        {"part": part, "GB": b / 1e9, "params_M": n / 1e6, "total_GB": total / 1e9, "order": i}
+        {"part": part, "label": f"{part}: {b / 1e9:.2f} GB", "GB": b / 1e9, "order": i, "note": note}
         for i, (part, b) in enumerate(parts.items())
     ]
 
 
 def draw_memory(base):
-    """Explorer ``draw``: one horizontal bar per part of the training memory."""
+    """Explorer ``draw``: one horizontal bar per part of the training memory, the total in a corner."""
     import altair as alt
 
     order = ["weights", "gradients", "AdamW first moment", "AdamW second moment", "activations"]
     colors = ["#0072B2", "#009E73", "#E69F00", "#CC79A7", "#D55E00"]
     bars = base.mark_bar().encode(
-        y=alt.Y("part:N", sort=order, title=None),
-        x=alt.X("GB:Q", title="memory of one training step (GB)", scale=alt.Scale(type="symlog", constant=0.01)),
+        y=alt.Y("label:N", sort=alt.SortField("order"), title=None, axis=alt.Axis(labelLimit=260)),
+        x=alt.X("GB:Q", title="memory of one training step (GB)"),
         color=alt.Color("part:N", sort=order, scale=alt.Scale(domain=order, range=colors), legend=None),
-        tooltip=[
-            "part:N",
-            alt.Tooltip("GB:Q", format=".3f"),
-            alt.Tooltip("params_M:Q", format=".1f", title="parameters (M)"),
-        ],
+        tooltip=["part:N", alt.Tooltip("GB:Q", format=".3f")],
     )
-    text = base.mark_text(align="left", dx=3, fontSize=11).encode(
-        y=alt.Y("part:N", sort=order), x="GB:Q", text=alt.Text("GB:Q", format=".2f")
+    note = (
+        base.transform_filter("datum.order == 0")
+        .mark_text(align="right", baseline="bottom", x="width", y=-6, fontSize=12, color="#333333")
+        .encode(text="note:N")
     )
-    return bars + text
+    return bars + note
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -469,7 +473,7 @@ def draw_sampling(base):
             "which:N",
             sort=order,
             scale=alt.Scale(domain=order, range=["#9a9a9a", "#D55E00"]),
-            legend=alt.Legend(orient="top-right", title=None),
+            legend=alt.Legend(orient="bottom", title=None),
         ),  # fmt: skip
         tooltip=["token:N", "which:N", alt.Tooltip("p:Q", format=".3f")],
     )
@@ -736,6 +740,30 @@ def ring_allreduce(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor],
     return [torch.cat(c) for c in chunks], sent
 
 
+def average_gradients(replicas: Sequence[torch.nn.Module]) -> None:
+    """What ``DistributedDataParallel`` does after the backward pass, for replicas in one process: every
+    parameter's gradient is summed over the replicas by ``ring_allreduce`` and divided by their number."""
+    named = [dict(r.named_parameters()) for r in replicas]
+    for name in named[0]:
+        grads = [n[name].grad for n in named]
+        summed, _ = ring_allreduce([g.flatten() for g in grads])
+        for g, total in zip(grads, summed, strict=True):
+            g.copy_((total / len(replicas)).view_as(g))
+
+
+def torchrun_command(module: str, args: Sequence[str], nproc: int = 2) -> list[str]:
+    """``python -m torch.distributed.run --nproc_per_node=N ... -m <module> <args>`` on one machine, with a
+    free port for the processes to meet on."""
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}"]
+    return [*launcher, "--master_addr=127.0.0.1", f"--master_port={port}", "-m", module, *args]
+
+
 def ddp_bytes(n_params: int, world_size: int, bytes_per: int = 4) -> float:
     """Bytes each process sends per step under data parallelism: a ring all-reduce of the gradients,
     2 (P - 1) / P times their size (a reduce-scatter, then an all-gather)."""
@@ -798,6 +826,40 @@ class Pieces:
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+
+def chat(folder: str | Path, question: str, max_new_tokens: int = 80) -> str:
+    """One greedy answer of a checkpoint folder (config, weights, ``tokenizer.json``) to ``question``.
+
+    The prompt is the folder's own chat template when ``transformers`` can read one there (upstream
+    MiniMind's folders have one), else a plain ChatML turn: ``<|im_start|>user ... <|im_end|>`` then
+    ``<|im_start|>assistant``."""
+    from ..tokenizer import load_tokenizer
+
+    model = MiniMindForCausalLM.from_pretrained(folder)
+    tok = load_tokenizer(folder)
+    prompt = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    try:
+        from transformers import AutoTokenizer
+
+        messages = [{"role": "user", "content": question}]
+        hf = AutoTokenizer.from_pretrained(str(folder))
+        prompt = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001  (no transformers, or no template in the folder: plain ChatML)
+        pass
+    ids = torch.tensor([tok.encode(prompt)])
+    out = model.generate(ids, max_new_tokens=max_new_tokens)
+    return tok.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
+
+
+def equations(rows: dict[str, Any]) -> Any:
+    """Sympy expressions shown as one aligned block of equations (``name = expression`` per line), so that a
+    long formula is read line by line instead of running off the page."""
+    import sympy as sp
+    from IPython.display import Math
+
+    lines = [f"{name} &= {sp.latex(expr)}" for name, expr in rows.items()]
+    return Math(r"\begin{aligned}" + r"\\".join(lines) + r"\end{aligned}")
 
 
 # ----------------------------------------------------------------------------- training logs
