@@ -375,3 +375,19 @@ def test_equations_display():
     x = sp.Symbol("x")
     m = asm.equations({"a": x**2, "b": x + 1})
     assert m.data.startswith(r"\begin{aligned}") and r"a &= x^{2}" in m.data and r"\\" in m.data
+
+
+def test_training_step_trains_even_under_no_grad():
+    torch.manual_seed(0)
+    cfg = MiniMindConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         vocab_size=50, max_position_embeddings=32, use_moe=True, n_routed_experts=2,
+                         num_experts_per_tok=1, intermediate_size=32)
+    model = MiniMindForCausalLM(cfg)
+    batch = torch.randint(0, 50, (2, 16))
+    step = asm.training_step(model, batch, lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        losses = [step() for _ in range(20)]
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

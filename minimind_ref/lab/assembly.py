@@ -751,6 +751,25 @@ def average_gradients(replicas: Sequence[torch.nn.Module]) -> None:
             g.copy_((total / len(replicas)).view_as(g))
 
 
+def training_step(model: MiniMindForCausalLM, batch: torch.Tensor, lr: float = 1e-3):
+    """A zero-argument callable that runs one training step of ``model`` on ``batch`` (forward, the
+    loss plus any MoE balancing loss, backward, an AdamW update), with gradients enabled even when it is
+    called under ``torch.no_grad()`` (as :func:`minimind_ref.lab.timing.compare` calls it). It returns
+    the loss."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def step() -> float:
+        with torch.enable_grad():
+            out = model(batch, labels=batch)
+            (out.loss + out.aux_loss).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return out.loss.item()
+
+    return step
+
+
 def torchrun_command(module: str, args: Sequence[str], nproc: int = 2) -> list[str]:
     """``python -m torch.distributed.run --nproc_per_node=N ... -m <module> <args>`` on one machine, with a
     free port for the processes to meet on."""
