@@ -391,3 +391,17 @@ def test_training_step_trains_even_under_no_grad():
     assert losses[-1] < losses[0]
     assert all(p.grad is None for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_source_fits_comments_and_keeps_the_code():
+    import ast
+    import inspect
+    import textwrap
+
+    for obj in (MiniMindForCausalLM._pick, MiniMindForCausalLM.__init__):
+        shown = asm.source(obj, width=88)
+        original = textwrap.dedent(inspect.getsource(obj))
+        assert ast.dump(ast.parse(shown)) == ast.dump(ast.parse(original))  # the same code
+        for line in shown.splitlines():
+            assert len(line) <= 88 or "#" not in line
+    assert "kth = torch.topk" in asm.source(MiniMindForCausalLM._pick)

@@ -871,6 +871,37 @@ def chat(folder: str | Path, question: str, max_new_tokens: int = 80) -> str:
     return tok.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
 
 
+def source(obj: Any, width: int = 88) -> str:
+    """``inspect.getsource(obj)`` with its comments fitted to ``width`` columns, the code untouched: a
+    trailing comment that makes a line too long moves to a line of its own above it, and a comment line
+    that is too long is wrapped onto several comment lines (found with ``tokenize``, so a ``#`` inside a
+    string is left alone)."""
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    text = textwrap.dedent(inspect.getsource(obj))
+    comments = {}  # line number -> (column, comment text)
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = (tok.start[1], tok.string)
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if len(line) <= width or number not in comments:
+            out.append(line)
+            continue
+        column, comment = comments[number]
+        code = line[:column].rstrip()
+        indent = line[: len(line) - len(line.lstrip())]
+        body = comment.lstrip("#").strip()
+        wrapped = textwrap.wrap(body, width=max(20, width - len(indent) - 2))
+        out.extend(f"{indent}# {piece}" for piece in wrapped)
+        if code:
+            out.append(code)
+    return "\n".join(out) + "\n"
+
+
 def equations(rows: dict[str, Any]) -> Any:
     """Sympy expressions shown as one aligned block of equations (``name = expression`` per line), so that a
     long formula is read line by line instead of running off the page."""
