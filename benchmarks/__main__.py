@@ -15,13 +15,15 @@ from .common import environment
 
 BENCHES = {"train": bench_train, "decode": bench_decode, "moe": bench_moe, "context": bench_context,
            "kernels": bench_kernels}
+COMPILING = {"train", "decode", "moe", "context"}  # the benchmarks with torch.compile rows (--no-compile)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer rounds and context lengths (about a minute)")
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile ratio of the training step")
+    p.add_argument("--no-compile", action="store_true",
+                   help="skip every torch.compile row (training step, compiled decoding and its warm-up, MoE)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda; results are written per device")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                       "quick": args.quick}
     for name in chosen:
         print(f"[{name}]", flush=True)
-        kw = {"compile_ratio": not args.no_compile} if name == "train" else {}
+        kw = {"compiled": not args.no_compile} if name in COMPILING else {}
         r, i = BENCHES[name].run(device, quick=args.quick, **kw)
         rows += r
         info.update(i)

@@ -33,6 +33,7 @@ class Row:
     iqr: float | None = None  # interquartile range of the per-round seconds
     note: str = ""
     rounds: list[float] = field(default_factory=list)  # the per-round seconds (JSON only)
+    ratio_rounds: list[float] = field(default_factory=list)  # the same-round ratios to the baseline (JSON only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,9 +55,17 @@ class Comparison:
         q = statistics.quantiles(t, n=4)
         return q[2] - q[0]
 
+    def ratios(self, name: str, baseline: str) -> list[float]:
+        """time(name) / time(baseline) in each round."""
+        return [a / b for a, b in zip(self.times[name], self.times[baseline], strict=True)]
+
     def ratio(self, name: str, baseline: str) -> float:
         """Median over rounds of time(name) / time(baseline) in the same round."""
-        return statistics.median(a / b for a, b in zip(self.times[name], self.times[baseline], strict=True))
+        return statistics.median(self.ratios(name, baseline))
+
+    def saving(self, name: str, baseline: str) -> float:
+        """Median over rounds of time(baseline) - time(name) in the same round (seconds)."""
+        return statistics.median(b - a for a, b in zip(self.times[name], self.times[baseline], strict=True))
 
     def row(self, bench: str, name: str, baseline: str | None = None, target: float | None = None,
             note: str = "") -> Row:
@@ -64,7 +73,7 @@ class Comparison:
         met = None if target is None or ratio is None else ratio <= target
         return Row(bench=bench, name=name, seconds=self.median(name), baseline=baseline, ratio=ratio,
                    target=None if target is None else f"<= {target:g}", met=met, iqr=self.iqr(name), note=note,
-                   rounds=list(self.times[name]))
+                   rounds=list(self.times[name]), ratio_rounds=self.ratios(name, baseline) if baseline else [])
 
 
 def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, number: int = 1, warmup: int = 1,
