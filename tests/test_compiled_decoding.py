@@ -41,9 +41,9 @@ def test_compiled_generate_gives_the_eager_tokens_and_compiles_once():
     torch._dynamo.reset()
     counters.clear()
     for new in (24, 12):  # 6 + 24 and 6 + 12 positions share the 64-slot cache
-        eager = model.generate(ids, max_new_tokens=new, do_sample=False, eos_token_id=None, attention_mask=mask)
+        eager = model.generate(ids, max_new_tokens=new, do_sample=False, eos_token_id=[], attention_mask=mask)
         compiled = model.generate(
-            ids, max_new_tokens=new, do_sample=False, eos_token_id=None, attention_mask=mask, compile=True
+            ids, max_new_tokens=new, do_sample=False, eos_token_id=[], attention_mask=mask, compile=True
         )
         assert torch.equal(compiled, eager)
     assert counters["stats"]["unique_graphs"] == 1  # compiled once: no recompilation per token or per call
@@ -83,7 +83,7 @@ def test_compiled_step_matches_eager_and_meets_what_cuda_graphs_need(use_moe):
     counters.clear()
     step = _install(model, 2, ids.shape[1] + new, backend=_inspecting_aot_eager(seen), cuda_graphs=True)
     storage = [t.data_ptr() for t in (*step.cache.keys, *step.cache.values)]
-    greedy = dict(max_new_tokens=new, do_sample=False, eos_token_id=None, attention_mask=mask)
+    greedy = dict(max_new_tokens=new, do_sample=False, eos_token_id=[], attention_mask=mask)
     assert torch.equal(model.generate(ids, compile=True, **greedy), model.generate(ids, **greedy))
     if not use_moe:
         sampled = dict(max_new_tokens=new, do_sample=True, top_k=20, eos_token_id=5, attention_mask=mask)
