@@ -7,9 +7,10 @@ from it). Under ``torch.profiler``, for
 * one decoding step (batch 1, 32 cached tokens) of ``minimind_ref``, eager and compiled
   (``generate(compile=True)``'s step, with Inductor's kernels recorded as profiler events),
 the self time of every operator is summed into four parts: matrix products (``aten::mm``/``addmm``/``bmm``),
-the attention kernel (SDPA, forward and backward), Inductor's fused kernels (compiled step only), other
+the attention kernel (SDPA, forward and backward), Inductor's fused kernels (compiled step only), other ATen
 operators; and "outside operators" is the rest of the wall time (Python, the autograd engine, dispatch; the
-profiler itself adds to it). FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``.
+profiler itself adds to it). The operator calls counted are those of the four parts. FLOPs come from
+``torch.utils.flop_counter.FlopCounterMode``.
 """
 
 from __future__ import annotations
@@ -36,15 +37,18 @@ MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 PARTS = ("matrix products", "attention kernel", "fused kernels (Inductor)", "other operators", "outside operators")
 
 
-def category(name: str) -> str:
-    """The part of a step an operator's self time counts towards."""
+def category(name: str) -> str | None:
+    """The part of a step an event's self time counts towards; None for what is not an operator or a kernel
+    (profiler ranges such as "Torch-Compiled Region", whose self time is Python and dispatch)."""
     if name in MATMUL:
         return "matrix products"
     if "scaled_dot_product" in name or "flash_attention" in name:
         return "attention kernel"
-    if name.startswith("cpp_fused") or name.startswith("graph_") or "_fused_" in name:
+    if "cpp_fused" in name or "triton_" in name:
         return "fused kernels (Inductor)"
-    return "other operators"
+    if name.startswith("aten::"):
+        return "other operators"
+    return None
 
 
 def profile_calls(fn, steps: int) -> dict:
@@ -58,12 +62,10 @@ def profile_calls(fn, steps: int) -> dict:
     parts = dict.fromkeys(PARTS, 0.0)
     calls, per_op = 0, Counter()
     for event in prof.key_averages():
-        if event.key.startswith("ProfilerStep") or event.key in ("Torch-Compiled Region", "CompiledFunction"):
-            continue
+        per_op[event.key] += event.self_cpu_time_total / 1e3 / steps  # us -> ms
         part = category(event.key)
-        parts[part] += event.self_cpu_time_total / 1e3  # us -> ms
-        per_op[event.key] += event.self_cpu_time_total / 1e3 / steps
-        if event.key.startswith("aten::") or part != "other operators":
+        if part is not None:
+            parts[part] += event.self_cpu_time_total / 1e3
             calls += event.count
     op_ms = sum(parts.values())
     parts = {k: v / steps for k, v in parts.items()}

@@ -164,3 +164,18 @@ def test_every_number_glued_into_the_performance_page_is_defined_there():
     prose = re.sub(r"```\{code-cell\}.*?```", "", page, flags=re.S)
     typed = re.findall(r"(?<![\w$`{(.-])\d+(?:\.\d+)?\s*(?:%|ms|s\b|×|GB/s|GFLOP)", prose)
     assert typed == [], f"numbers typed into the prose instead of glued: {typed}"
+
+
+def test_step_profile_sorts_operators_into_the_parts_of_the_stacked_bar():
+    from benchmarks.profile_steps import PARTS, category, profile_calls
+
+    assert category("aten::mm") == "matrix products"
+    assert category("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention kernel"
+    assert category("graph_0_cpp_fused_mul_silu_4") == "fused kernels (Inductor)"
+    assert category("aten::mul") == "other operators"
+    assert category("Torch-Compiled Region: 0/0") is None  # a range: its self time is Python, "outside"
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    r = profile_calls(lambda: torch.nn.functional.silu(a @ b), steps=3)
+    assert set(r["parts_ms"]) == set(PARTS) and r["operator_calls_per_step"] >= 3  # matmul, mm, silu, ...
+    assert r["parts_ms"]["matrix products"] > 0 and r["parts_ms"]["attention kernel"] == 0
+    assert sum(r["parts_ms"].values()) == pytest.approx(r["wall_ms_per_step"], rel=1e-6)
