@@ -122,11 +122,12 @@ class CompiledDecodeStep:
         self.cache.length = position + 1
         return logits.clone() if self.cuda_graphs else logits  # out of the graph's pool before the next replay
 
-    def _forward(self, token_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _forward(self, token_ids, pos):
+        """Token ids (B, 1) at position ``pos`` (a tensor) -> logits (B, vocab)."""
         inner = self.model.model
-        cos, sin = inner.freqs_cos[pos], inner.freqs_sin[pos]  # (1, hd): RoPE at this position
-        mask = (self.slots <= pos) & self.key_ok  # (B, capacity): written slots, no padding
-        cache = _SlotWriter(self.cache, pos)
+        cos, sin = inner.freqs_cos[pos], inner.freqs_sin[pos]  # (1, hd): RoPE
+        mask = (self.slots <= pos) & self.key_ok  # (B, capacity): slots to attend to
+        cache = _SlotWriter(self.cache, pos)  # writes slot pos, returns all slots
         h = inner.embed_tokens(token_ids)  # (B, 1, d)
         for layer in inner.layers:
             h = layer(h, (cos, sin), mask[:, None, None, :], cache)

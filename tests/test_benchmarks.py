@@ -158,8 +158,8 @@ def test_every_number_glued_into_the_performance_page_is_defined_there():
     from pathlib import Path
 
     page = (Path(__file__).resolve().parent.parent / "appendix" / "performance.md").read_text()
-    used = set(re.findall(r"\{glue:text\}`([a-z0-9_]+)", page))
-    defined = set(re.findall(r'\bg\("([a-z0-9_]+)"', page))
+    used = set(re.findall(r"\{glue:text\}`([A-Za-z0-9_]+)", page))
+    defined = set(re.findall(r'\bg\("([A-Za-z0-9_]+)"', page))
     assert used and used <= defined, f"glued but never defined: {sorted(used - defined)}"
     prose = re.sub(r"```\{code-cell\}.*?```", "", page, flags=re.S)
     typed = re.findall(r"(?<![\w$`{(.-])\d+(?:\.\d+)?\s*(?:%|ms|s\b|×|GB/s|GFLOP)", prose)

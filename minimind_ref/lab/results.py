@@ -83,12 +83,16 @@ class Result:
 
     def ratio_text(self) -> str:
         """'0.91 (5 rounds: 0.86-0.95)': the median ratio, the round count and the range of per-round ratios."""
-        return f"{sig(self.ratio)} ({self.n} rounds: {sig(min(self.ratios))}–{sig(max(self.ratios))})"
+        return f"{sig(self.ratio)} ({_rounds(self.n)}: {sig(min(self.ratios))}–{sig(max(self.ratios))})"
 
     def time_text(self, per: int = 1, unit: str = "ms", scale: float = 1e3) -> str:
         """'12 ms (5 rounds: 11-14)': the median time (divided by ``per``) and the range of the rounds."""
         t = [r / per * scale for r in self.rounds]
-        return f"{sig(self.seconds / per * scale)} {unit} ({self.n} rounds: {sig(min(t))}–{sig(max(t))})"
+        return f"{sig(self.seconds / per * scale)} {unit} ({_rounds(self.n)}: {sig(min(t))}–{sig(max(t))})"
+
+
+def _rounds(n: int) -> str:
+    return "1 round" if n == 1 else f"{n} rounds"
 
 
 class Results:
@@ -205,6 +209,7 @@ DECODE_ORDER = [
     ("upstream-style greedy loop", "upstream-style loop, eager"),
 ]
 HF = "transformers Llama generate"
+FAMILY_COLORS = {"floor": "#7f7f7f", "minimind_ref": "#D55E00", "transformers": "#0072B2", "upstream": "#009E73"}
 
 
 def plot_decoding(ax, results: Results) -> None:
@@ -222,7 +227,7 @@ def plot_decoding(ax, results: Results) -> None:
     for y, (label, r) in zip(ys, rows, strict=True):
         ms = [t / new * 1e3 for t in r.rounds]
         med = r.seconds / new * 1e3
-        color = "#7f7f7f" if label.startswith("floor") else ("#D55E00" if "minimind" in label else "#0072B2")
+        color = next(c for key, c in FAMILY_COLORS.items() if key in label)
         ax.barh(y, med, color=color, alpha=0.85)
         ax.errorbar(med, y, xerr=[[med - min(ms)], [max(ms) - med]], fmt="none", ecolor="#222222", capsize=3, lw=1)
         text = "baseline" if r.name == HF else f"{sig(r.ratio)} × ({sig(min(r.ratios))}–{sig(max(r.ratios))})"
@@ -295,7 +300,8 @@ def plot_context(ax, results: Results, cfg) -> None:
         )
     ax.set_xscale("log", base=2)
     ax.set_xticks(contexts, [str(S) for S in contexts])
-    ax.legend(fontsize=8.5, loc="upper left")
+    ax.minorticks_off()
+    ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
 
 PART_COLORS = {
@@ -323,5 +329,6 @@ def plot_profile(ax, parts_by_candidate: dict[str, dict[str, float]]) -> None:
             left += ms
         ax.text(left * 1.01, y, f"{sig(left)} ms", va="center", fontsize=9)
     ax.set_yticks(ys, names)
+    ax.set_xlim(0, max(sum(p.values()) for p in parts_by_candidate.values()) * 1.18)
     ax.grid(axis="y", visible=False)
-    ax.legend(fontsize=8.5, loc="lower right")
+    ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=3, frameon=False)
