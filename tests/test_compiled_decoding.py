@@ -111,6 +111,12 @@ def test_step_is_kept_per_shape_and_not_copied():
     assert "_decode_step" not in str(list(model.state_dict()))
 
 
+def test_compile_must_be_a_bool():
+    model = MiniMindForCausalLM(tiny_config()).eval()
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        model.generate(torch.randint(3, 97, (1, 4)), max_new_tokens=2, compile="yes")
+
+
 def test_capacity_buckets_and_compile_options():
     assert [capacity_for(n, 256) for n in (1, 64, 65, 200, 256)] == [64, 64, 128, 256, 256]
     assert capacity_for(300, 256) == 300  # beyond the table: generate refuses it before any cache is built
