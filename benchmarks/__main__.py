@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench_context, bench_decode, bench_kernels, bench_moe, bench_train, report
+from . import bench_context, bench_decode, bench_kernels, bench_moe, bench_train, common, report
 from .common import environment
 
 BENCHES = {"train": bench_train, "decode": bench_decode, "moe": bench_moe, "context": bench_context,
@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda; results are written per device")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time by this process's CPU time instead of wall time (with --threads 1; for a machine "
+                        "with more runnable jobs than cores)")
     p.add_argument("--merge", action="store_true",
                    help="replace only the re-run benchmarks' rows in the existing results file (e.g. after a burst "
                         "of load from other jobs spoilt one section); the file records which sections were re-run")
@@ -37,10 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        try:
+            common.use_cpu_time()
+        except ValueError as exc:
+            p.error(str(exc))
     device = torch.device(args.device)
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     env = environment(device)
-    print(f"benchmarks on {env['device_name']} ({env['threads']} threads), torch {env['torch']}", flush=True)
+    print(f"benchmarks on {env['device_name']} ({env['threads']} threads, {env['clock']}), torch {env['torch']}",
+          flush=True)
     t0 = time.perf_counter()
     rows, info = [], {"command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
                       "quick": args.quick}

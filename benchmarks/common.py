@@ -4,6 +4,11 @@ On a shared machine the load drifts over seconds. So the candidates of one compa
 *rounds*: in every round each candidate is measured once (``Timer.timeit``), one after the other, and
 the ratio of two candidates is the median over rounds of their per-round ratio. Neighbours that slow
 the machine down for a while then slow both sides of a ratio alike.
+
+When the machine is oversubscribed (more runnable jobs than cores), wall time mostly measures how long the
+scheduler kept a process waiting. With one torch thread, the process's CPU time (``time.process_time``)
+measures the work itself: ``use_cpu_time()`` (``python -m benchmarks --threads 1 --cpu-time``) makes every
+timer use it. Memory and cache contention from the neighbours still shows in it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -76,6 +82,16 @@ class Comparison:
                    rounds=list(self.times[name]), ratio_rounds=self.ratios(name, baseline) if baseline else [])
 
 
+CLOCK: dict[str, Any] = {"name": "wall time", "timer": time.perf_counter}  # what every Timer reads
+
+
+def use_cpu_time() -> None:
+    """Time every candidate by the CPU time of this process (only meaningful with one torch thread)."""
+    if torch.get_num_threads() != 1:
+        raise ValueError(f"CPU time adds up the time of all {torch.get_num_threads()} threads: use --threads 1")
+    CLOCK.update(name="process CPU time", timer=time.process_time)
+
+
 def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, number: int = 1, warmup: int = 1,
                 verbose: bool = True) -> Comparison:
     """Time each zero-argument callable ``number`` times per round, all of them in every round."""
@@ -84,7 +100,7 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, number: int =
         for _ in range(warmup):
             fn()
         timers[name] = benchmark.Timer(stmt="fn()", globals={"fn": fn}, description=name,
-                                       num_threads=torch.get_num_threads())
+                                       num_threads=torch.get_num_threads(), timer=CLOCK["timer"])
     result = Comparison({name: [] for name in fns})
     names = list(timers)
     for r in range(rounds):
@@ -118,6 +134,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "clock": CLOCK["name"],
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

@@ -36,14 +36,16 @@ def markdown(rows: list[Row], env: dict, info: dict, started: str, wall: float) 
         "",
         f"- date (UTC): {started}",
         f"- device: {env['device']} ({env['device_name']}), {env['threads']} torch threads, "
-        f"{env['cpu_count']} logical CPUs",
+        f"{env['cpu_count']} logical CPUs; timed by {env.get('clock', 'wall time')}",
         f"- torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}",
         f"- load average at start (1, 5, 15 min): {_load(env)} (a shared machine: read the ratios)",
         f"- whole run: {wall:.0f} s; command: `{info.get('command', 'python -m benchmarks').strip()}`",
     ]
     for rerun in info.get("re-run", []):
         lines.append(f"- re-run later (`{rerun['command']}`): sections {', '.join(rerun['sections'])} at "
-                     f"{rerun['date_utc']} UTC, {rerun['seconds']} s")
+                     f"{rerun['date_utc']} UTC, {rerun['seconds']} s, load average {_load(rerun)}, "
+                     f"{rerun.get('threads', env['threads'])} torch threads, timed by "
+                     f"{rerun.get('clock', 'wall time')}")
     lines += [
         "",
         "Times are medians over interleaved rounds; a ratio is the median over rounds of the same-round ratio "
@@ -105,6 +107,7 @@ def merge(json_path: Path, rows: list[Row], env: dict, info: dict, started: str,
     merged_info["re-run"] = old["info"].get("re-run", []) + [
         {"sections": sorted(redone), "date_utc": started, "seconds": round(wall),
          "load_average_at_start": env.get("load_average_at_start"), "threads": env.get("threads"),
+         "clock": env.get("clock", "wall time"),
          "command": info.get("command", "").strip()}]
     return kept + rows, old["environment"], merged_info, old["date_utc"], old["wall_seconds"]
 

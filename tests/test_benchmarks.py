@@ -179,3 +179,21 @@ def test_step_profile_sorts_operators_into_the_parts_of_the_stacked_bar():
     assert set(r["parts_ms"]) == set(PARTS) and r["operator_calls_per_step"] >= 3  # matmul, mm, silu, ...
     assert r["parts_ms"]["matrix products"] > 0 and r["parts_ms"]["attention kernel"] == 0
     assert sum(r["parts_ms"].values()) == pytest.approx(r["wall_ms_per_step"], rel=1e-6)
+
+
+def test_cpu_time_clock_needs_one_thread_and_ignores_waiting(monkeypatch):
+    import time
+
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "CLOCK", dict(common.CLOCK))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with pytest.raises(ValueError, match="--threads 1"):
+        common.use_cpu_time()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    common.use_cpu_time()
+    assert common.environment(torch.device("cpu"))["clock"] == "process CPU time"
+    # a candidate that waits (as a process the scheduler keeps waiting does) costs no CPU time
+    cmp = interleaved({"sleeps": lambda: time.sleep(0.02), "works": lambda: sum(range(20_000))}, rounds=2,
+                      verbose=False)
+    assert cmp.median("sleeps") < 0.005 < 0.02
