@@ -12,7 +12,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters, get_static_address_type
 
-from minimind_ref import MiniMindForCausalLM
+from minimind_ref import MiniMindConfig, MiniMindForCausalLM
 from minimind_ref.decoding import CompiledDecodeStep, capacity_for, compile_options
 
 from .conftest import tiny_config
@@ -33,6 +33,7 @@ def _install(model, batch_size, total, **kw):
     return model._decode_step
 
 
+@pytest.mark.slow  # Inductor's code generation: about 15 s on two cores
 def test_compiled_generate_gives_the_eager_tokens_and_compiles_once():
     """The real path (Inductor): identical greedy tokens, one graph for every token of two calls."""
     cfg = tiny_config()
@@ -67,15 +68,39 @@ def _inspecting_aot_eager(seen):
     return backend
 
 
-@pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
-def test_compiled_step_matches_eager_and_meets_what_cuda_graphs_need(use_moe):
-    """Dense and MoE (whose compiled path is the static-shape dense_dispatch), a left-padded batch: the same
-    greedy tokens; sampling and EOS stay outside the graph, so with the same generator the same draws.
-    What CUDA graphs need is checked on the CPU: every tensor the graph reads is static (a parameter, a buffer,
-    or allocated once by the step and marked), so a replay copies nothing in; what it writes in place is the
-    cache, whose storage never moves; the cuda_graphs bookkeeping around each call runs."""
-    layers = 1 if use_moe else 2  # an MoE layer is a large graph to trace: one is enough
-    cfg = tiny_config(use_moe=use_moe, n_routed_experts=4, num_experts_per_tok=2, num_hidden_layers=layers)
+def _config(kind):
+    """Toy configs for every decoding path: MiniMind2 dense and MoE; MiniMind-3 dense and MoE (QK-norm, head_dim
+    32 where 64 / 4 heads would give 16, top-1 routing, no shared expert). An MoE layer is a large graph to
+    trace: one layer is enough."""
+    if kind.startswith("minimind3"):
+        return MiniMindConfig.minimind3(
+            use_moe=kind.endswith("moe"), vocab_size=97, hidden_size=64, num_hidden_layers=1 if "moe" in kind else 2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        )  # fmt: skip
+    if kind == "moe":
+        return tiny_config(use_moe=True, n_routed_experts=4, num_experts_per_tok=2, num_hidden_layers=1)
+    return tiny_config()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "dense",
+        pytest.param("moe", marks=pytest.mark.slow),
+        "minimind3",
+        pytest.param("minimind3-moe", marks=pytest.mark.slow),
+    ],
+)
+def test_compiled_step_matches_eager_and_meets_what_cuda_graphs_need(kind):
+    """Dense and MoE (whose compiled path is the static-shape dense_dispatch), MiniMind2 and MiniMind-3,
+    a left-padded batch: the same greedy tokens, with and without a repetition penalty; sampling and EOS
+    stay outside the graph, so with the same generator the same draws. What CUDA graphs need is checked on
+    the CPU: every tensor the graph reads is static (a parameter, a buffer, or allocated once by the step
+    and marked), so a replay copies nothing in; what it writes in place is the cache, whose storage never
+    moves; the cuda_graphs bookkeeping around each call runs."""
+    cfg = _config(kind)
+    if kind.startswith("minimind3"):
+        assert cfg.qk_norm and cfg.moe_variant == "minimind3"
     model = MiniMindForCausalLM(cfg).eval()
     ids, mask = _left_padded_batch(cfg)
     new, seen = 16, {}
@@ -85,7 +110,9 @@ def test_compiled_step_matches_eager_and_meets_what_cuda_graphs_need(use_moe):
     storage = [t.data_ptr() for t in (*step.cache.keys, *step.cache.values)]
     greedy = dict(max_new_tokens=new, do_sample=False, eos_token_id=[], attention_mask=mask)
     assert torch.equal(model.generate(ids, compile=True, **greedy), model.generate(ids, **greedy))
-    if not use_moe:
+    penalised = dict(greedy, repetition_penalty=1.3)  # applied to the step's logits, outside the graph
+    assert torch.equal(model.generate(ids, compile=True, **penalised), model.generate(ids, **penalised))
+    if kind == "dense":
         sampled = dict(max_new_tokens=new, do_sample=True, top_k=20, eos_token_id=5, attention_mask=mask)
         draws = [
             model.generate(ids, generator=torch.Generator().manual_seed(7), compile=c, **sampled) for c in (False, True)
