@@ -197,3 +197,19 @@ def test_cpu_time_clock_needs_one_thread_and_ignores_waiting(monkeypatch):
     cmp = interleaved({"sleeps": lambda: time.sleep(0.02), "works": lambda: sum(range(20_000))}, rounds=2,
                       verbose=False)
     assert cmp.median("sleeps") < 0.005 < 0.02
+
+
+def test_profile_parts_are_scaled_to_cpu_time_only_with_one_thread():
+    from minimind_ref.lab.results import profile_on_cpu
+
+    step = {"wall_ms_per_step": 100.0, "cpu_ms_per_step": 25.0, "matmul_gflops_per_s": 10.0,
+            "parts_ms": {"matrix products": 60.0, "outside operators": 40.0}}  # fmt: skip
+    raw = {"environment": {"threads": 1}, "training": {"a": step}, "decoding": {"cached_tokens": 32, "b": step}}
+    got = profile_on_cpu(raw)
+    for p in (got["training"]["a"], got["decoding"]["b"]):
+        assert p["on_cpu"] == 0.25 and p["ms_per_step"] == 25.0
+        assert p["parts_ms"] == {"matrix products": 15.0, "outside operators": 10.0}  # the same shares
+    assert got["training"]["a"]["matmul_gflops_per_s"] == 40.0
+    assert raw["training"]["a"]["parts_ms"]["matrix products"] == 60.0  # the input is not changed
+    two = profile_on_cpu({**raw, "environment": {"threads": 2}})["training"]["a"]  # CPU time of 2 threads: no
+    assert two["on_cpu"] is None and two["ms_per_step"] == 100.0 and two["parts_ms"] == step["parts_ms"]

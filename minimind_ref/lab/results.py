@@ -304,6 +304,34 @@ def plot_context(ax, results: Results, cfg) -> None:
     ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
 
+def profile_on_cpu(profile: dict) -> dict:
+    """A ``profile_steps`` file with every step's parts in milliseconds of the process's CPU time.
+
+    The profiler's times are wall-clock. On a machine with more runnable jobs than cores, a one-thread process
+    spends much of its wall time waiting for a core, and each part's wall time holds its share of that waiting.
+    With one torch thread the file records the process's CPU time beside the wall time; each part is then
+    scaled by CPU time / wall time (the waiting taken as spread over the step like its work, so the parts'
+    shares are unchanged), and the GFLOP/s of the matrix products by the inverse. ``ms_per_step`` is the step's
+    total (CPU time when scaled, wall time otherwise) and ``on_cpu`` the fraction of wall time the process
+    had a core (None when not scaled)."""
+    import copy
+
+    out = copy.deepcopy(profile)
+    scale = out.get("environment", {}).get("threads") == 1
+    for section in ("training", "decoding"):
+        for name, p in out.get(section, {}).items():
+            if not isinstance(p, dict) or "parts_ms" not in p:
+                continue
+            p = out[section][name] = copy.deepcopy(p)  # its own copy, even where the input shares one
+            f = p["cpu_ms_per_step"] / p["wall_ms_per_step"] if scale and "cpu_ms_per_step" in p else None
+            p["on_cpu"] = f
+            p["ms_per_step"] = p["wall_ms_per_step"] * (f or 1.0)
+            p["parts_ms"] = {k: v * (f or 1.0) for k, v in p["parts_ms"].items()}
+            if f and "matmul_gflops_per_s" in p:
+                p["matmul_gflops_per_s"] /= f
+    return out
+
+
 PART_COLORS = {
     "matrix products": "#0072B2",
     "attention kernel": "#009E73",
