@@ -213,3 +213,16 @@ def test_profile_parts_are_scaled_to_cpu_time_only_with_one_thread():
     assert raw["training"]["a"]["parts_ms"]["matrix products"] == 60.0  # the input is not changed
     two = profile_on_cpu({**raw, "environment": {"threads": 2}})["training"]["a"]  # CPU time of 2 threads: no
     assert two["on_cpu"] is None and two["ms_per_step"] == 100.0 and two["parts_ms"] == step["parts_ms"]
+
+
+def test_break_even_warmup_is_on_the_clock_of_the_rounds(tmp_path):
+    from minimind_ref.lab.results import Results, warmup_on_clock
+
+    path = _results_file(tmp_path, [Row("decode", "a", 1.0)])
+    payload = json.loads(path.read_text())
+    payload["info"]["decode_warmup"] = {"cold": {"c": {"warmup_s": 80.0, "warmup_cpu_s": 30.0}}}
+    path.write_text(json.dumps(payload))
+    assert warmup_on_clock(Results(path), "cold", "c") == 80.0  # wall-clock rounds
+    payload["environment"]["clock"] = "process CPU time"
+    path.write_text(json.dumps(payload))
+    assert warmup_on_clock(Results(path), "cold", "c") == 30.0

@@ -239,6 +239,15 @@ def plot_decoding(ax, results: Results) -> None:
     ax.grid(axis="y", visible=False)
 
 
+def warmup_on_clock(results: Results, cache: str, name: str) -> float:
+    """The compile warm-up of ``name`` (``cache``: "cold" or "warm") on the clock the rounds were timed by:
+    CPU seconds when they were timed by the process's CPU time, wall seconds otherwise. The break-even divides
+    it by a per-token saving measured on that clock."""
+    w = results.info["decode_warmup"][cache][name]
+    cpu = results.environment.get("clock") == "process CPU time"
+    return w["warmup_cpu_s"] if cpu else w["warmup_s"]
+
+
 def plot_break_even(ax, results: Results) -> None:
     """Total time of a generation against its length, eager and compiled (cold and warm Inductor cache)."""
     import numpy as np
@@ -250,7 +259,7 @@ def plot_break_even(ax, results: Results) -> None:
     n = np.logspace(1, 6, 200)
     ax.loglog(n, n * t_eager, color="#0072B2", label="eager")
     for cache, style in (("cold", "-"), ("warm", "--")):
-        warm = results.info["decode_warmup"][cache][compiled]["warmup_s"]
+        warm = warmup_on_clock(results, cache, compiled)
         ax.loglog(
             n, warm + n * (t_eager - saving), color="#D55E00", ls=style, label=f"compile=True, {cache} Inductor cache"
         )
