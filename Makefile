@@ -8,6 +8,7 @@
 #                                      and the Colab path (first chapter from a fresh venv)
 #   make screenshots                   every page, whole, light and dark, into _build/screenshots/
 #   make bench                         the benchmarks (benchmarks/)
+#   make bench-profile                 where the time of a training and a decoding step goes (torch.profiler)
 #   make sync                          write chapters/NN_name.ipynb from its source chapters/NN_name.md
 #   make chapter CH=02                 sync, then run one chapter top to bottom (nbmake), with its time
 #   make jupyter                       JupyterLab (+ jupytext, to open the .md sources as notebooks)
@@ -36,7 +37,7 @@ VENV_STAMP := $(VENV)/.book-installed
 # Phases depend on each other's outputs (the browser test reads the built book): never run them in parallel.
 .NOTPARALLEL:
 
-.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab screenshots bench \
+.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab screenshots bench bench-profile \
 	sync chapter jupyter clear-outputs clean distclean
 
 all: book
@@ -102,6 +103,9 @@ test-colab: venv
 
 bench: venv
 	$(TIMED) "bench" $(PY) -m benchmarks
+
+bench-profile: venv
+	$(TIMED) "bench-profile" $(PY) -m benchmarks.profile_steps
 
 ## ---- writing chapters ---------------------------------------------------------------------
 

@@ -509,6 +509,15 @@ def _dedupe_assets(app, pagename, templatename, context, doctree):
         assets[:] = kept
 
 
+def _launch_only_in_chapters(app, pagename, templatename, context, doctree):
+    """No "launch" buttons (Colab, Binder) outside chapters/: an appendix written as a MyST notebook reads the
+    repository's committed files (the benchmark results) and has no set-up cell, and Colab cannot open a
+    ``.md``. sphinx-book-theme adds the buttons at priority 501; this runs after it."""
+    buttons = context.get("header_buttons")
+    if buttons and not pagename.startswith("chapters/"):
+        buttons[:] = [b for b in buttons if b.get("label") != "launch-buttons"]
+
+
 def setup(app: Sphinx) -> dict:
     # notebooks executed by this build inherit it (their kernels are child processes)
     os.environ["MINIMIND_BOOK_BUILD"] = "1"
@@ -527,4 +536,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("config-inited", _check_vega_assets, priority=900)
     app.connect("html-page-context", _add_vega, priority=400)
     app.connect("html-page-context", _dedupe_assets, priority=900)
+    app.connect("html-page-context", _launch_only_in_chapters, priority=600)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -4,6 +4,11 @@ With a cache, a step runs the new token through the model and attends to the S c
 one, it recomputes the whole S + 1 tokens. All candidates are timed in the same rounds, so the ratio of
 a step at 2048 to a step at 64 is a median of same-round ratios. The calls are the public forwards with
 ``logits_to_keep=1`` (what a decoding loop calls); the cache is reset to S positions between calls.
+
+The compiled step (``generate(compile=True)``'s) attends over a static cache of ``capacity_for(S + 1)`` slots,
+what ``generate`` allocates for a sequence that ends there; its first capacity compiles with static shapes,
+the next one recompiles once with the capacity dynamic (torch.compile's automatic dynamic shapes), and the
+others reuse that graph.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import warnings
 import torch
 
 from minimind_ref import MiniMindConfig
+from minimind_ref.decoding import CompiledDecodeStep, capacity_for
 
 from .common import Row, interleaved
 from .models import build, llama_twin, upstream_twin
@@ -20,7 +26,8 @@ from .models import build, llama_twin, upstream_twin
 TARGET_RATIO = 1.7
 
 
-def run(device: torch.device, quick: bool = False) -> tuple[list[Row], dict]:
+def run(device: torch.device, quick: bool = False, compiled: bool = True) -> tuple[list[Row], dict]:
+    from torch._dynamo.utils import counters
     from transformers import DynamicCache
 
     cfg = MiniMindConfig()
@@ -31,7 +38,9 @@ def run(device: torch.device, quick: bool = False) -> tuple[list[Row], dict]:
     torch.manual_seed(2)
     ids = torch.randint(3, cfg.vocab_size, (1, max(contexts) + 1), device=device)
 
-    fns, checks = {}, []
+    fns, checks, capacities = {}, [], {}
+    torch._dynamo.reset()
+    graphs_before = counters["stats"]["unique_graphs"]
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for S in contexts:
@@ -61,9 +70,20 @@ def run(device: torch.device, quick: bool = False) -> tuple[list[Row], dict]:
             def nocache(S=S):
                 return mm(ids[:, :S + 1], logits_to_keep=1).logits
 
-            for fn in (ours, upstream, hf):
-                checks.append(float((fn()[:, -1] - ref[:, -1]).abs().max()))
+            tested = [ours, upstream, hf]
             fns[f"minimind_ref cached @{S}"] = ours
+            if compiled:
+                capacities[S] = capacity_for(S + 1, cfg.max_position_embeddings)
+                step = CompiledDecodeStep(mm, 1, capacities[S], device, mm.lm_head.weight.dtype)
+                mm(prefix, past_key_values=step.start(), use_cache=True)
+
+                def ours_compiled(step=step, S=S, tok=tok):
+                    return step(tok, S)[:, None]  # writes slot S again at every call
+
+                tested.append(ours_compiled)
+                fns[f"minimind_ref compiled @{S}"] = ours_compiled
+            for fn in tested:
+                checks.append(float((fn()[:, -1] - ref[:, -1]).abs().max()))
             fns[f"upstream-style cached @{S}"] = upstream
             fns[f"transformers Llama cached @{S}"] = hf
             fns[f"minimind_ref no cache @{S}"] = nocache
@@ -78,12 +98,19 @@ def run(device: torch.device, quick: bool = False) -> tuple[list[Row], dict]:
 
     rows = []
     lo, hi = contexts[0], contexts[-1]
-    for impl in ("minimind_ref cached", "upstream-style cached", "transformers Llama cached", "minimind_ref no cache"):
+    impls = ["minimind_ref cached", "upstream-style cached", "transformers Llama cached", "minimind_ref no cache"]
+    if compiled:
+        impls.insert(1, "minimind_ref compiled")
+    for impl in impls:
         for S in contexts:
-            rows.append(cmp.row("context", f"{impl} @{S}", f"{impl} @{lo}" if S != lo else None))
+            note = f"static cache of {capacities[S]} slots" if impl == "minimind_ref compiled" else ""
+            rows.append(cmp.row("context", f"{impl} @{S}", f"{impl} @{lo}" if S != lo else None, note=note))
         last = rows[-1]
         last.target = f"<= {TARGET_RATIO:g}" if impl == "minimind_ref cached" else None
         last.met = (last.ratio <= TARGET_RATIO) if impl == "minimind_ref cached" else None
         last.note = f"per-token cost at {hi} / at {lo}"
     info = {"context_lengths": contexts, "context_max_abs_diff_vs_full_forward": worst}
+    if compiled:
+        info["context_compiled_capacities"] = capacities
+        info["context_compiled_graphs"] = counters["stats"]["unique_graphs"] - graphs_before
     return rows, info

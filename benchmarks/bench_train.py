@@ -21,7 +21,7 @@ def _step(model, x):
     return out.loss
 
 
-def run(device: torch.device, quick: bool = False, compile_ratio: bool = True) -> tuple[list[Row], dict]:
+def run(device: torch.device, quick: bool = False, compiled: bool = True) -> tuple[list[Row], dict]:
     cfg = MiniMindConfig()
     bsz, seq_len = (4, 256)
     mm = build(cfg, device).train()
@@ -54,7 +54,7 @@ def run(device: torch.device, quick: bool = False, compile_ratio: bool = True) -
     ]
     info = {"train_shape": [bsz, seq_len], "train_loss": losses["mm"]}
 
-    if compile_ratio:
+    if compiled:
         rows += _compiled(mm, llama, x, quick, info)
     return rows, info
 

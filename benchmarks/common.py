@@ -4,6 +4,11 @@ On a shared machine the load drifts over seconds. So the candidates of one compa
 *rounds*: in every round each candidate is measured once (``Timer.timeit``), one after the other, and
 the ratio of two candidates is the median over rounds of their per-round ratio. Neighbours that slow
 the machine down for a while then slow both sides of a ratio alike.
+
+When the machine is oversubscribed (more runnable jobs than cores), wall time mostly measures how long the
+scheduler kept a process waiting. With one torch thread, the process's CPU time (``time.process_time``)
+measures the work itself: ``use_cpu_time()`` (``python -m benchmarks --threads 1 --cpu-time``) makes every
+timer use it. Memory and cache contention from the neighbours still shows in it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,6 +39,7 @@ class Row:
     iqr: float | None = None  # interquartile range of the per-round seconds
     note: str = ""
     rounds: list[float] = field(default_factory=list)  # the per-round seconds (JSON only)
+    ratio_rounds: list[float] = field(default_factory=list)  # the same-round ratios to the baseline (JSON only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,9 +61,17 @@ class Comparison:
         q = statistics.quantiles(t, n=4)
         return q[2] - q[0]
 
+    def ratios(self, name: str, baseline: str) -> list[float]:
+        """time(name) / time(baseline) in each round."""
+        return [a / b for a, b in zip(self.times[name], self.times[baseline], strict=True)]
+
     def ratio(self, name: str, baseline: str) -> float:
         """Median over rounds of time(name) / time(baseline) in the same round."""
-        return statistics.median(a / b for a, b in zip(self.times[name], self.times[baseline], strict=True))
+        return statistics.median(self.ratios(name, baseline))
+
+    def saving(self, name: str, baseline: str) -> float:
+        """Median over rounds of time(baseline) - time(name) in the same round (seconds)."""
+        return statistics.median(b - a for a, b in zip(self.times[name], self.times[baseline], strict=True))
 
     def row(self, bench: str, name: str, baseline: str | None = None, target: float | None = None,
             note: str = "") -> Row:
@@ -64,7 +79,17 @@ class Comparison:
         met = None if target is None or ratio is None else ratio <= target
         return Row(bench=bench, name=name, seconds=self.median(name), baseline=baseline, ratio=ratio,
                    target=None if target is None else f"<= {target:g}", met=met, iqr=self.iqr(name), note=note,
-                   rounds=list(self.times[name]))
+                   rounds=list(self.times[name]), ratio_rounds=self.ratios(name, baseline) if baseline else [])
+
+
+CLOCK: dict[str, Any] = {"name": "wall time", "timer": time.perf_counter}  # what every Timer reads
+
+
+def use_cpu_time() -> None:
+    """Time every candidate by the CPU time of this process (only meaningful with one torch thread)."""
+    if torch.get_num_threads() != 1:
+        raise ValueError(f"CPU time adds up the time of all {torch.get_num_threads()} threads: use --threads 1")
+    CLOCK.update(name="process CPU time", timer=time.process_time)
 
 
 def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, number: int = 1, warmup: int = 1,
@@ -75,7 +100,7 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, number: int =
         for _ in range(warmup):
             fn()
         timers[name] = benchmark.Timer(stmt="fn()", globals={"fn": fn}, description=name,
-                                       num_threads=torch.get_num_threads())
+                                       num_threads=torch.get_num_threads(), timer=CLOCK["timer"])
     result = Comparison({name: [] for name in fns})
     names = list(timers)
     for r in range(rounds):
@@ -109,6 +134,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "clock": CLOCK["name"],
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

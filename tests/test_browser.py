@@ -627,6 +627,15 @@ def test_built_chapter_has_colab_launch_button(path):
     assert url in html.read_text(encoding="utf-8"), f"{html.name} has no launch button to {url}"
 
 
+def test_built_appendix_pages_have_no_launch_button():
+    """The appendix's notebook pages read the repository's files: no Colab link to a .md that Colab cannot open."""
+    pages = sorted((ROOT / "_build" / "html" / "appendix").glob("*.html"))
+    if not pages:
+        skip_or_fail("appendix/*.html not built: run `make book`")
+    for html in pages:
+        assert "colab.research.google.com/github" not in html.read_text(encoding="utf-8"), html.name
+
+
 def test_built_minimind3_page_lists_every_chapter_box():
     html = ROOT / "_build" / "html" / "appendix" / "minimind3.html"
     if not html.exists():
