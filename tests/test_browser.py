@@ -212,13 +212,6 @@ class Browser:
             raise RuntimeError(f"{method}: {msg['error']}")
         return msg.get("result", {})
 
-    def first_screen(self, path: Path, height: int = 800) -> Path:
-        """What a reader sees first: the top WIDTH x height pixels of the page (the README's picture)."""
-        clip = {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1}
-        data = self.call("Page.captureScreenshot", {"format": "png", "clip": clip}, timeout=60)["data"]
-        path.write_bytes(base64.b64decode(data))
-        return path
-
     def close(self):
         try:
             self.call("Browser.close", timeout=10)
@@ -353,6 +346,13 @@ class Tab:
             {"width": WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False},
         )
         return paths
+
+    def first_screen(self, path: Path, height: int = 800) -> Path:
+        """What a reader sees first: the top WIDTH x height pixels of the page (the README's picture)."""
+        clip = {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1}
+        data = self.call("Page.captureScreenshot", {"format": "png", "clip": clip}, timeout=60)["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
 
     def close(self):
         self.b._listeners.pop(self.session, None)
