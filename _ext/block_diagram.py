@@ -40,9 +40,9 @@ HUE = {
     "chapters/05_moe": "#CC79A7",
     "chapters/06_minimind": "#999999",
 }
-CHAR_W = 6.6  # px per character of 11-px text: boxes are sized from their text
-BOX_H = 54
-GAP = 34
+CHAR_W = 7.4  # px per character of 13-px text: boxes are sized from their text
+BOX_H = 58
+GAP = 26
 
 
 def flow_rows(use_moe: bool) -> list[dict]:
@@ -60,29 +60,31 @@ def flow_rows(use_moe: bool) -> list[dict]:
     return [dict(r, tied=tied) if r["name"] == "lm_head" else r for r in rows]
 
 
-def _width(*lines: str) -> float:
-    return max(len(s) for s in lines) * CHAR_W + 20
+def _width(*lines: str, bold_first: bool = False) -> float:
+    """A box wide enough for its lines (a bold first line is about 10 % wider)."""
+    widths = [len(s) * CHAR_W * (1.1 if bold_first and i == 0 else 1.0) for i, s in enumerate(lines)]
+    return max(widths) + 20
 
 
 def _box(x: float, y: float, row: dict, href: str | None, chapter: str | None, dashed: bool = False) -> tuple[str, float]:
     """One module as a rounded box (name, class, parameters), a link when ``href`` is given."""
     name, kind = row["name"], row["kind"]
-    where = f"Chapter {int(chapter.split('/')[-1][:2])}" if chapter else ""
-    params = f"{row['params']:,} parameters" + (" (embed_tokens' matrix)" if row.get("tied") else "")
+    where = f"Ch. {int(chapter.split('/')[-1][:2])}" if chapter else ""
+    params = "tied to embed_tokens" if row.get("tied") else f"{row['params']:,} params"
     lines = (name, f"{kind}" + (f"  ·  {where}" if where else ""), params)
-    w = _width(*lines)
+    w = _width(*lines, bold_first=True)
     hue = HUE.get(chapter or "", "#999999")
     dash = ' stroke-dasharray="4 3"' if dashed else ""
     parts = [
         f'<rect x="{x:.0f}" y="{y:.0f}" width="{w:.0f}" height="{BOX_H}" rx="7" fill="{hue}" '
         f'fill-opacity="0.28" stroke="{hue}" stroke-width="1.6"{dash}/>',
-        f'<text x="{x + 10:.0f}" y="{y + 17:.0f}" class="mm-name">{escape(lines[0])}</text>',
-        f'<text x="{x + 10:.0f}" y="{y + 32:.0f}">{escape(lines[1])}</text>',
-        f'<text x="{x + 10:.0f}" y="{y + 46:.0f}" class="mm-small">{escape(lines[2])}</text>',
+        f'<text x="{x + 9:.0f}" y="{y + 18:.0f}" class="mm-name">{escape(lines[0])}</text>',
+        f'<text x="{x + 9:.0f}" y="{y + 35:.0f}">{escape(lines[1])}</text>',
+        f'<text x="{x + 9:.0f}" y="{y + 51:.0f}">{escape(lines[2])}</text>',
     ]
     body = "".join(parts)
     if href:
-        title = f"{name} ({kind}): {where}"
+        title = f"{name} ({kind}): Chapter {int(chapter.split('/')[-1][:2])}"
         body = f'<a href="{escape(href)}"><title>{escape(title)}</title>{body}</a>'
     return body, w
 
@@ -111,15 +113,15 @@ def block_svg(dense: list[dict], moe: list[dict], href: dict[str, str]) -> str:
 
     # Row 1: token ids -> the outer modules -> logits
     y1, x = 8.0, 0.0
-    svg.append(_text(x, y1 + BOX_H / 2 + 4, "token ids"))
-    x += 64
+    svg.append(_text(x, y1 + BOX_H / 2 + 4, "tokens"))
+    x += 48
     block_span = (0.0, 0.0)
     for r in outer:
         svg.append(_arrow(x, y1 + BOX_H / 2, x + GAP - 4, y1 + BOX_H / 2))
         x += GAP
         label = dict(r)
         if r["repeat"] > 1:
-            label["name"] = f"{r['name']}  (× {r['repeat']} blocks)"
+            label["name"] = f"{r['name']}  × {r['repeat']}"
         body, w = _box(x, y1, label, *link(r["kind"]))
         svg.append(body)
         if r["repeat"] > 1:
@@ -149,17 +151,17 @@ def block_svg(dense: list[dict], moe: list[dict], href: dict[str, str]) -> str:
         below = y2 + BOX_H + 6
         if r["kind"] == "Attention":  # RoPE rotates q and k inside attention: its own link
             rope_href, rope_doc = link("RoPE")
-            tag = f"rotates q, k with RoPE  ·  Chapter {int(rope_doc.split('/')[-1][:2])}"
+            tag = f"RoPE on q, k  ·  Ch. {int(rope_doc.split('/')[-1][:2])}"
             tw = _width(tag) - 6
             rect = (
-                f'<rect x="{x:.0f}" y="{below:.0f}" width="{tw:.0f}" height="22" rx="5" fill="{HUE[rope_doc]}" '
+                f'<rect x="{x:.0f}" y="{below:.0f}" width="{tw:.0f}" height="24" rx="5" fill="{HUE[rope_doc]}" '
                 f'fill-opacity="0.35" stroke="{HUE[rope_doc]}" stroke-width="1.2"/>'
             )
-            tag_svg = rect + _text(x + 8, below + 15, tag, "mm-small")
+            tag_svg = rect + _text(x + 8, below + 17, tag)
             svg.append(f'<a href="{escape(rope_href)}"><title>RoPE: Chapter 2</title>{tag_svg}</a>' if rope_href else tag_svg)
             w = max(w, tw)
         if r["kind"] in ("FeedForward", "MoEFeedForward"):  # the MoE alternative under the dense FFN
-            alt = dict(moe_mlp, name="or, with use_moe=True: mlp")
+            alt = dict(moe_mlp, name="mlp (use_moe=True)")
             body, aw = _box(x, below, alt, *link(moe_mlp["kind"]), dashed=True)
             svg.append(body)
             w = max(w, aw)
@@ -176,7 +178,7 @@ def block_svg(dense: list[dict], moe: list[dict], href: dict[str, str]) -> str:
     for px in plus_xs:
         svg.append(f'<circle cx="{px:.0f}" cy="{stream_y:.0f}" r="9" class="mm-plus"/>')
         svg.append(_text(px, stream_y + 5, "+", "mm-name", anchor="middle"))
-    svg.append(_text(14, stream_y + 22, "residual stream h (hidden size wide)", "mm-small"))
+    svg.append(_text(14, stream_y + 22, "residual stream h", "mm-small"))
     width = max(width, inner_width + 10)
     # the frame around the block's inside, joined to the block's box on row 1
     frame_bottom = stream_y + 30
@@ -184,7 +186,7 @@ def block_svg(dense: list[dict], moe: list[dict], href: dict[str, str]) -> str:
                'rx="9" class="mm-frame"/>')  # fmt: skip
     bx = (block_span[0] + block_span[1]) / 2
     svg.append(f'<line x1="{bx:.0f}" y1="{y1 + BOX_H:.0f}" x2="{bx:.0f}" y2="{frame_top:.0f}" class="mm-frame-line"/>')
-    svg.append(_text(10, frame_top - 6, "inside every block (pre-norm):", "mm-small"))
+    svg.append(_text(10, frame_top - 7, "inside each block (pre-norm):", "mm-small"))
 
     height = frame_bottom + 4
     defs = (

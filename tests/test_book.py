@@ -396,10 +396,10 @@ def test_minimind_diagram_is_drawn_from_the_model_and_links_every_chapter():
     model = MiniMindForCausalLM(MiniMindConfig())
     block = model.model.layers[0]
     for module in (block.self_attn, block.mlp, model.model.embed_tokens):
-        assert f"{sum(p.numel() for p in module.parameters()):,} parameters" in svg
+        assert f"{sum(p.numel() for p in module.parameters()):,} params" in svg
     moe_mlp = MiniMindForCausalLM(MiniMindConfig(use_moe=True)).model.layers[0].mlp
-    assert f"{sum(p.numel() for p in moe_mlp.parameters()):,} parameters" in svg
-    assert f"(× {MiniMindConfig().num_hidden_layers} blocks)" in svg
+    assert f"{sum(p.numel() for p in moe_mlp.parameters()):,} params" in svg
+    assert f"× {MiniMindConfig().num_hidden_layers}<" in svg and "tied to embed_tokens" in svg
     partial = bd.block_svg(dense, moe, {k: v for k, v in href.items() if "05_moe" not in k})
     assert "05_moe" not in partial and "MoEFeedForward" in partial
 
