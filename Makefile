@@ -7,6 +7,8 @@
 #                                      with warnings as errors, the browser test of the built pages,
 #                                      and the Colab path (first chapter from a fresh venv)
 #   make screenshots                   every page, whole, light and dark, into _build/screenshots/
+#   make readme-screenshot             the landing page's first screen, as the browser test took it,
+#                                      into docs/book.png (the README's picture; commit it)
 #   make bench                         the benchmarks (benchmarks/)
 #   make bench-profile                 where the time of a training and a decoding step goes (torch.profiler)
 #   make sync                          write chapters/NN_name.ipynb from its source chapters/NN_name.md
@@ -37,7 +39,8 @@ VENV_STAMP := $(VENV)/.book-installed
 # Phases depend on each other's outputs (the browser test reads the built book): never run them in parallel.
 .NOTPARALLEL:
 
-.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab screenshots bench bench-profile \
+.PHONY: all venv assets book test test-unit test-notebooks test-book test-browser test-colab \
+	screenshots bench bench-profile readme-screenshot \
 	sync chapter jupyter clear-outputs clean distclean
 
 all: book
@@ -95,6 +98,11 @@ test-browser: venv
 # every page, whole, light and dark, into _build/screenshots/ (the browser test takes only the first tile)
 screenshots: venv
 	BOOK_SCREENSHOTS=all $(TIMED) "screenshots" $(PY) -m pytest tests/test_browser.py -m browser -q -rs -k renders_offline
+
+readme-screenshot:
+	@test -f _build/screenshots/intro.first-screen.png || $(MAKE) test-browser
+	mkdir -p docs && cp _build/screenshots/intro.first-screen.png docs/book.png
+	@echo "docs/book.png: the landing page as the browser test saw it"
 
 test-colab: venv
 	$(TIMED) "colab" $(PY) -m pytest tests/test_colab.py -q -rs

@@ -1,9 +1,10 @@
 """Sphinx helpers for the book's own pages (loaded from _config.yml: sphinx.local_extensions).
 
 * ``{chapter-overview}``: the landing page's table of chapters. Each content line is
-  ``docname | title | key insight``; a chapter whose document is in the table of contents becomes a
+  ``docname | title | what it shows``; a chapter whose document is in the table of contents becomes a
   link, one that is not yet written is listed as "in preparation" (so the page never links to a
-  page that does not exist, and needs no edit when a chapter arrives).
+  page that does not exist, and needs no edit when a chapter arrives). The reading time is computed
+  from the chapter's words of prose (``reading_minutes``).
 * ``{book-statistics}``: a table computed at build time, one row per chapter and a total: words of
   prose, code cells, checks (assertions), SymPy cells, figures, explorers, exercises, glued numbers and
   the run time of the notebook in this build; then the bibliography and test counts. Nothing typed by
@@ -68,12 +69,22 @@ def _source(env, docname: str) -> Path | None:
     return Path(env.doc2path(docname))
 
 
+#: Reading pace assumed for the landing page's "Reading time" column: technical prose with formulas
+#: and code to follow, about half the pace of ordinary reading.
+WORDS_PER_MINUTE = 120
+
+
+def reading_minutes(words: int) -> int:
+    """Minutes to read ``words`` words of a chapter's prose at WORDS_PER_MINUTE, to the nearest 5."""
+    return max(5, 5 * round(words / WORDS_PER_MINUTE / 5))
+
+
 class ChapterOverview(SphinxDirective):
     has_content = True
 
     def run(self) -> list[nodes.Node]:
         _track(self.env, self.env.docname)
-        rows = ["| # | Chapter | Key insight |", "|---|---|---|"]
+        rows = ["| # | Chapter | What it shows | Reading time |", "|---|---|---|---|"]
         for number, line in enumerate((ln for ln in self.content if ln.strip()), start=1):
             parts = [p.strip() for p in line.split("|")]
             if len(parts) != 3:
@@ -83,9 +94,17 @@ class ChapterOverview(SphinxDirective):
             if path is not None:
                 self.env.note_dependency(str(path))
                 cell = f"{{doc}}`{title} </{docname}>`"
+                words = chapter_counts(path)["words"] if path.suffix == ".ipynb" else 0
+                minutes = f"{reading_minutes(words)} min" if words else "–"
             else:
-                cell = f"{title} *(in preparation)*"
-            rows.append(f"| {number} | {cell} | {insight} |")
+                cell, minutes = f"{title} *(in preparation)*", "–"
+            rows.append(f"| {number} | {cell} | {insight} | {minutes} |")
+        rows += [
+            "",
+            f"The reading time counts each chapter's prose at {WORDS_PER_MINUTE} words a minute, the pace of "
+            "technical text read with its formulas and code; running its notebook takes about a minute more "
+            "(the table at the end of this page gives each chapter's run time in this build).",
+        ]
         container = nodes.container(classes=["chapter-overview"])
         self.state.nested_parse(StringList(rows, source=self.env.docname), self.content_offset, container)
         return [container]

@@ -361,3 +361,65 @@ def test_minimind3_config_table_is_read_from_the_library():
     assert rows["qk_norm"] == ["false", "true", "false", "true"]
     assert "hidden_size" in rows and "n_shared_experts" in rows
     assert "vocab_size" not in rows  # equal fields are left out
+
+
+# ---- the landing page -----------------------------------------------------------------------------
+
+
+def _ext_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "_ext" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reading_time_grows_with_the_words():
+    bp = _book_pages()
+    assert bp.reading_minutes(0) == 5  # never "0 min"
+    assert bp.reading_minutes(6000) == 5 * round(6000 / bp.WORDS_PER_MINUTE / 5)
+    assert bp.reading_minutes(6000) > bp.reading_minutes(3000)
+
+
+def test_minimind_diagram_is_drawn_from_the_model_and_links_every_chapter():
+    """The landing page's diagram: well-formed SVG, the modules' real parameter counts, one link per
+    chapter that exists, and no link to a chapter that does not."""
+    import xml.etree.ElementTree as ET
+
+    import torch
+
+    from minimind_ref import MiniMindConfig, MiniMindForCausalLM
+
+    bd = _ext_module("block_diagram")
+    dense, moe = bd.flow_rows(False), bd.flow_rows(True)
+    href = {doc: f"{doc}.html" for doc in set(bd.CHAPTER_OF.values())}
+    svg = bd.block_svg(dense, moe, href)
+    root = ET.fromstring(svg)
+    links = {a.get("href") for a in root.iter("{http://www.w3.org/2000/svg}a")}
+    assert links == set(href.values())
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(MiniMindConfig())
+    block = model.model.layers[0]
+    for module in (block.self_attn, block.mlp, model.model.embed_tokens):
+        assert f"{sum(p.numel() for p in module.parameters()):,} params" in svg
+    moe_mlp = MiniMindForCausalLM(MiniMindConfig(use_moe=True)).model.layers[0].mlp
+    assert f"{sum(p.numel() for p in moe_mlp.parameters()):,} params" in svg
+    assert f"× {MiniMindConfig().num_hidden_layers}<" in svg and "tied to embed_tokens" in svg
+    partial = bd.block_svg(dense, moe, {k: v for k, v in href.items() if "05_moe" not in k})
+    assert "05_moe" not in partial and "MoEFeedForward" in partial
+
+
+def test_landing_page_reaches_every_chapter_from_the_guides_and_the_corrections():
+    """Every chapter of the table of contents is linked from the reading guides and has its
+    corrected claim, linked to the section that measures it."""
+    intro = (ROOT / "intro.md").read_text(encoding="utf-8")
+    guides = intro[intro.index("## Reading guides") : intro.index("## How to read this book")]
+    corrections = intro[intro.index("### What each chapter corrects") : intro.index("## Reading guides")]
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    chapters = [c["file"] for part in toc["parts"] for c in part["chapters"] if c["file"].startswith("chapters/")]
+    assert chapters
+    for doc in chapters:
+        assert f"<{doc}>" in guides or f"({doc}.ipynb#" in guides, f"{doc} missing from the reading guides"
+        assert f"({doc}.ipynb#" in corrections, f"{doc} has no linked correction on the landing page"
+        assert f"{doc}.ipynb::" in corrections, f"{doc}'s correction has no number glued from the chapter"

@@ -347,6 +347,13 @@ class Tab:
         )
         return paths
 
+    def first_screen(self, path: Path, height: int = 800) -> Path:
+        """What a reader sees first: the top WIDTH x height pixels of the page (the README's picture)."""
+        clip = {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1}
+        data = self.call("Page.captureScreenshot", {"format": "png", "clip": clip}, timeout=60)["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
     def close(self):
         self.b._listeners.pop(self.session, None)
         try:
@@ -527,6 +534,8 @@ def test_page_renders_offline(browser, page):
         for old in SHOTS.glob(f"{stem}.*.png"):
             old.unlink()
         tab.screenshot(SHOTS / f"{stem}.light")
+        if page == "intro":  # the README's picture of the book: `make readme-screenshot` copies it to docs/
+            tab.first_screen(SHOTS / "intro.first-screen.png")
         tab.evaluate(
             "(async () => { document.documentElement.dataset.theme = 'dark';"
             " document.documentElement.dataset.mode = 'dark';"
