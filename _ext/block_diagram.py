@@ -71,6 +71,8 @@ def _box(x: float, y: float, row: dict, href: str | None, chapter: str | None, d
     name, kind = row["name"], row["kind"]
     where = f"Ch. {int(chapter.split('/')[-1][:2])}" if chapter else ""
     params = "tied to embed_tokens" if row.get("tied") else f"{row['params']:,} params"
+    if row.get("repeat", 1) > 1:
+        params += " each"
     lines = (name, f"{kind}" + (f"  ·  {where}" if where else ""), params)
     w = _width(*lines, bold_first=True)
     hue = HUE.get(chapter or "", "#999999")
