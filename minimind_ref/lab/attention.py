@@ -7,7 +7,6 @@ The chapter's explorers and figures call these (tested) functions, so what the s
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -15,6 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 import torch
+
+from .normalization import _stderr_silenced
 
 __all__ = [
     "kv_cache_bytes",
@@ -276,18 +277,8 @@ def convert_kv_heads(model, n_kv: int, method: str = "mean", seed: int = 0):
 # ---------------------------------------------------------------------------- kernels and memory
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2 (the profiler's C++ start/stop lines would land in the page)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+# the profiler's C++ start/stop lines would land in the page: chapter 1's helper silences them
+_quiet_stderr = _stderr_silenced
 
 
 def sdpa_kernels(fn: Callable[[], object]) -> list[str]:
