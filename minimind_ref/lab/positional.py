@@ -453,7 +453,9 @@ def yarn_ratio_rows(
     rows = [{"pi": 1.0 / factor}]  # PI divides every frequency by s: drawn as one horizontal rule
     # four significant digits: every row is stored in the page, and a plot needs no more
     rows += [
-        {"pair": i, "ratio": float(f"{float(v[i]):.4g}"), "method": k} for k, v in ratios.items() for i in range(dim // 2)
+        {"pair": i, "ratio": float(f"{float(v[i]):.4g}"), "method": k}
+        for k, v in ratios.items()
+        for i in range(dim // 2)
     ]
     for name, turns in (("r = β_fast", beta_fast), ("r = β_slow", beta_slow)):
         i_star = dim * math.log(original_max / (turns * 2 * math.pi)) / (2 * math.log(base))
@@ -686,8 +688,8 @@ def extrapolation_experiment(
 
     Returns {"losses": {method: (n_seeds, factor * train_len - 1) tensor}, "far_share": {method:
     (n_seeds, factor * train_len) tensor, the :func:`far_attention_share` beyond the 16 lags the data
-    copy from}, "train_losses": [per-seed loss curves], "settings": {...}}. The evaluation data are the same for every seed and
-    method (one generator seed), so the methods are compared on identical tokens."""
+    copy from}, "train_losses": [per-seed loss curves], "settings": {...}}. The evaluation data are the same
+    for every seed and method (one generator seed), so the methods are compared on identical tokens."""
     end = factor * train_len
     eval_ids = lag_copy_batch(eval_batch, end, torch.Generator().manual_seed(12345))
     out = {m: [] for m in methods}
