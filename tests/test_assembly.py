@@ -11,19 +11,17 @@ from torch.testing import assert_close
 from minimind_ref import MiniMindConfig, MiniMindForCausalLM
 from minimind_ref.lab import assembly as asm
 
-SMALL = dict(
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=300,
-    max_position_embeddings=256,
-)
+from .conftest import tiny_config
+
+
+def small_config(**kw) -> MiniMindConfig:
+    """conftest's toy shapes with a 300-token vocabulary."""
+    return tiny_config(**{"vocab_size": 300, **kw})
 
 
 def small(**kw) -> MiniMindForCausalLM:
     torch.manual_seed(0)
-    return MiniMindForCausalLM(MiniMindConfig(**{**SMALL, **kw}))
+    return MiniMindForCausalLM(small_config(**kw))
 
 
 def ids(batch=2, seq=24, vocab=300, seed=0):
@@ -134,17 +132,17 @@ def test_autocast_weight_copies_are_split_off():
 
 def test_activation_formula_refuses_moe():
     with pytest.raises(ValueError):
-        asm.activation_bytes_formula(MiniMindConfig(**SMALL, use_moe=True), 1, 8)
+        asm.activation_bytes_formula(small_config(use_moe=True), 1, 8)
 
 
 def test_training_memory_is_16_bytes_per_parameter_plus_activations():
-    cfg = MiniMindConfig(**SMALL)
+    cfg = small_config()
     n = asm.parameter_formula(cfg)["total"]
     m = asm.training_memory(cfg, 2, 32)
     assert sum(v for k, v in m.items() if k != "activations") == 16 * n
     assert m["activations"] == asm.activation_bytes_formula(cfg, 2, 32)
     with pytest.raises(ValueError):
-        asm.training_memory(MiniMindConfig(**SMALL, use_moe=True), 2, 32)
+        asm.training_memory(small_config(use_moe=True), 2, 32)
 
 
 def test_optimizer_state_measured_is_two_moments():
